@@ -1,0 +1,3 @@
+"""aigw: an OpenAI-compatible AI gateway."""
+
+__version__ = "0.1.0"

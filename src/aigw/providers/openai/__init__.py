@@ -1,0 +1,3 @@
+from aigw.providers.openai.adapter import OpenAIAdapter
+
+__all__ = ["OpenAIAdapter"]
