@@ -9,7 +9,8 @@ from msgspec import Meta, Struct
 
 class EmbeddingRequest(Struct, kw_only=True):
     model: Annotated[str, Meta(min_length=1)]
-    input: str | list[str] | list[int] | list[list[int]]
+    # msgspec allows one array type per union: token-id inputs (list[int], list[list[int]]) are element unions.
+    input: str | Annotated[list[str | int | list[int]], Meta(min_length=1)]
     encoding_format: Literal["float", "base64"] | None = None
     dimensions: Annotated[int, Meta(ge=1)] | None = None
     user: str | None = None

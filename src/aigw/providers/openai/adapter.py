@@ -68,7 +68,9 @@ class OpenAIStreamDecoder:
         try:
             chunk = orjson.loads(data)
         except orjson.JSONDecodeError:
-            raise UpstreamError("upstream sent a stream event that is not JSON", upstream_status=502) from None
+            raise UpstreamError(
+                "upstream sent a stream event that is not JSON", upstream_status=502
+            ) from None
         if not isinstance(chunk, dict):
             raise UpstreamError("upstream sent a stream event that is not a JSON object", upstream_status=502)
         err = chunk.get("error")
@@ -130,9 +132,9 @@ class OpenAIAdapter:
         body["model"] = model
         if stream:
             opts = body.get("stream_options")
-            body["stream_options"] = {**opts, "include_usage": True} if isinstance(opts, dict) else {
-                "include_usage": True
-            }
+            body["stream_options"] = (
+                {**opts, "include_usage": True} if isinstance(opts, dict) else {"include_usage": True}
+            )
         return UpstreamRequest("/chat/completions", orjson.dumps(body), _JSON)
 
     def decode_chat(self, body: bytes, *, model: str, ident: StreamIdentity) -> Completion:
@@ -152,7 +154,9 @@ class OpenAIAdapter:
             finish_reason=finish,
         )
 
-    def stream_decoder(self, *, model: str, include_usage: bool, ident: StreamIdentity) -> OpenAIStreamDecoder:
+    def stream_decoder(
+        self, *, model: str, include_usage: bool, ident: StreamIdentity
+    ) -> OpenAIStreamDecoder:
         return OpenAIStreamDecoder(include_usage)
 
     def decode_error(self, status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamError:

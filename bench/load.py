@@ -1,0 +1,66 @@
+"""A light closed-loop load generator (aiohttp): N requests at a fixed concurrency, latencies recorded."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+import aiohttp
+
+BODY = (
+    b'{"model":"MODEL","messages":[{"role":"system","content":"You are terse."},'
+    b'{"role":"user","content":"Say hello to the benchmark, please."}],"max_tokens":64}'
+)
+STREAM_BODY = BODY[:-1] + b',"stream":true}'
+
+
+@dataclass
+class Result:
+    latencies: list[float]  # seconds per request (or to the first chunk, for ttfb runs)
+    elapsed: float
+    errors: int
+
+    def pct(self, p: float) -> float:
+        xs = sorted(self.latencies)
+        if not xs:
+            return float("nan")
+        return xs[min(len(xs) - 1, int(p / 100.0 * len(xs)))]
+
+    @property
+    def rps(self) -> float:
+        return len(self.latencies) / self.elapsed if self.elapsed else 0.0
+
+
+async def run(url: str, key: str, model: str, *, n: int, concurrency: int, stream: bool = False) -> Result:
+    body = (STREAM_BODY if stream else BODY).replace(b"MODEL", model.encode())
+    headers = {"authorization": f"Bearer {key}", "content-type": "application/json"}
+    latencies: list[float] = []
+    errors = 0
+    remaining = n
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def worker() -> None:
+            nonlocal remaining, errors
+            while remaining > 0:
+                remaining -= 1
+                t0 = time.perf_counter()
+                async with session.post(url, data=body, headers=headers) as resp:
+                    if stream:
+                        first = await resp.content.readline()
+                        ttfb = time.perf_counter() - t0
+                        rest = await resp.read()
+                        ok = resp.status == 200 and first.startswith(b"data: ") and rest.endswith(b"data: [DONE]\n\n")
+                    else:
+                        await resp.read()
+                        ok = resp.status == 200
+                if not ok:
+                    errors += 1
+                    continue
+                latencies.append(ttfb if stream else time.perf_counter() - t0)
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - t0
+    return Result(latencies, elapsed, errors)

@@ -1,0 +1,203 @@
+"""Admin API (contract): tenants CRUD, keys create/revoke, usage. Guarded by the admin key (constant-time).
+
+Writes go to the database first, then to this process's key cache, so a revoked key stops working here at once
+(other processes pick it up with their key sync).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import asdict
+from datetime import datetime
+from decimal import Decimal
+from typing import Annotated, Any
+
+import msgspec
+import orjson
+from msgspec import UNSET, Meta, Struct, UnsetType
+from starlette.requests import Request
+from starlette.responses import Response
+
+from aigw.api.bodies import read_json_object, typed
+from aigw.api.deps import require_admin, services
+from aigw.errors import Conflict, GatewayError, InvalidRequest, NotFound, ServiceUnavailable
+from aigw.store.tenants import DuplicateKeyError, KeyGrant, Tenant, TenantNotFoundError
+from aigw.tenancy import display_prefix, hash_key, new_key
+
+log = logging.getLogger("aigw.admin")
+
+Limit = Annotated[int, Meta(ge=1)]
+Money = Annotated[float, Meta(ge=0)]
+MIN_IMPORTED_KEY = 32
+
+
+class TenantCreate(Struct, forbid_unknown_fields=True):
+    name: Annotated[str, Meta(min_length=1, max_length=200)]
+    rate_limit_rpm: Limit | None = None
+    rate_limit_tpm: Limit | None = None
+    monthly_budget_usd: Money | None = None
+
+
+class TenantPatch(Struct, forbid_unknown_fields=True):
+    name: Annotated[str, Meta(min_length=1, max_length=200)] | UnsetType = UNSET
+    rate_limit_rpm: Limit | None | UnsetType = UNSET
+    rate_limit_tpm: Limit | None | UnsetType = UNSET
+    monthly_budget_usd: Money | None | UnsetType = UNSET
+
+
+class KeyCreate(Struct, forbid_unknown_fields=True):
+    key: Annotated[str, Meta(min_length=MIN_IMPORTED_KEY, max_length=256)] | None = None
+
+
+def _money(v: float | None) -> Decimal | None:
+    return None if v is None else Decimal(str(v))
+
+
+def _default(o: object) -> Any:
+    if isinstance(o, Decimal):
+        return float(o)
+    raise TypeError
+
+
+def _json(data: object, status: int = 200) -> Response:
+    return Response(orjson.dumps(data, default=_default), status, media_type="application/json")
+
+
+def _tenant(t: Tenant) -> dict[str, object]:
+    d = asdict(t)
+    d.pop("deleted_at", None)
+    for k, v in d.items():
+        if isinstance(v, datetime):
+            d[k] = v.isoformat()
+    return d
+
+
+@asynccontextmanager
+async def _db() -> AsyncIterator[None]:
+    """Database trouble on an admin call is a clear 503, never a 500 or a hang."""
+    try:
+        yield
+    except (GatewayError, DuplicateKeyError, TenantNotFoundError):
+        raise
+    except Exception as exc:
+        log.warning("admin database operation failed: %s", type(exc).__name__)
+        raise ServiceUnavailable("The database is unavailable; retry later") from None
+
+
+async def _body(request: Request) -> dict[str, Any]:
+    return await read_json_object(request, services(request).settings.max_body_bytes)
+
+
+async def create_tenant(request: Request) -> Response:
+    svc = services(request)
+    require_admin(request, svc)
+    body = typed(await _body(request), TenantCreate)
+    key = new_key()
+    async with _db():
+        tenant, api_key = await svc.tenants.create_tenant(
+            body.name,
+            body.rate_limit_rpm,
+            body.rate_limit_tpm,
+            _money(body.monthly_budget_usd),
+            key_hash=hash_key(key),
+            key_prefix=display_prefix(key),
+        )
+    svc.keys.apply([KeyGrant(key_id=api_key.id, key_hash=hash_key(key), tenant=tenant, revoked=False)])
+    return _json({**_tenant(tenant), "api_key": key, "key_id": api_key.id}, 201)
+
+
+async def list_tenants(request: Request) -> Response:
+    svc = services(request)
+    require_admin(request, svc)
+    async with _db():
+        tenants = await svc.tenants.list_tenants()
+    return _json({"object": "list", "data": [_tenant(t) for t in tenants]})
+
+
+async def _get(request: Request) -> Tenant:
+    svc = services(request)
+    tid = request.path_params["tenant_id"]
+    async with _db():
+        tenant = await svc.tenants.get_tenant(tid)
+    if tenant is None:
+        raise NotFound(f"No tenant with id {tid!r}")
+    return tenant
+
+
+async def get_tenant(request: Request) -> Response:
+    require_admin(request, services(request))
+    return _json(_tenant(await _get(request)))
+
+
+async def update_tenant(request: Request) -> Response:
+    svc = services(request)
+    require_admin(request, svc)
+    patch = typed(await _body(request), TenantPatch)
+    changes = {k: v for k, v in msgspec.structs.asdict(patch).items() if v is not UNSET}
+    if "monthly_budget_usd" in changes:
+        changes["monthly_budget_usd"] = _money(changes["monthly_budget_usd"])
+    tid = request.path_params["tenant_id"]
+    async with _db():
+        tenant = await svc.tenants.update_tenant(tid, **changes)
+    if tenant is None:
+        raise NotFound(f"No tenant with id {tid!r}")
+    svc.keys.update_tenant(tenant.id, tenant.rate_limit_rpm, tenant.rate_limit_tpm, tenant.monthly_budget_usd)
+    return _json(_tenant(tenant))
+
+
+async def delete_tenant(request: Request) -> Response:
+    svc = services(request)
+    require_admin(request, svc)
+    tid = request.path_params["tenant_id"]
+    async with _db():
+        revoked = await svc.tenants.delete_tenant(tid)
+    if revoked is None:
+        raise NotFound(f"No tenant with id {tid!r}")
+    svc.keys.delete_tenant(tid, revoked)
+    return _json({"id": tid, "deleted": True, "revoked_keys": revoked})
+
+
+async def create_key(request: Request) -> Response:
+    svc = services(request)
+    require_admin(request, svc)
+    raw = await read_json_object(request, svc.settings.max_body_bytes) if await request.body() else {}
+    body = typed(raw, KeyCreate)
+    key = body.key if body.key is not None else new_key()
+    if body.key is not None and any(c.isspace() for c in key):
+        raise InvalidRequest("An imported key must not contain whitespace", param="key")
+    tid = request.path_params["tenant_id"]
+    try:
+        async with _db():
+            api_key = await svc.tenants.create_key(
+                tid, key_hash=hash_key(key), key_prefix=display_prefix(key)
+            )
+    except DuplicateKeyError:
+        raise Conflict("That key already exists", param="key") from None
+    except TenantNotFoundError:
+        raise NotFound(f"No tenant with id {tid!r}") from None
+    tenant = await _get(request)
+    svc.keys.apply([KeyGrant(key_id=api_key.id, key_hash=hash_key(key), tenant=tenant, revoked=False)])
+    return _json({"id": api_key.id, "tenant_id": tid, "api_key": key, "prefix": api_key.prefix}, 201)
+
+
+async def revoke_key(request: Request) -> Response:
+    svc = services(request)
+    require_admin(request, svc)
+    kid = request.path_params["key_id"]
+    async with _db():
+        key = await svc.tenants.revoke_key(kid)
+    if key is None:
+        raise NotFound(f"No key with id {kid!r}")
+    svc.keys.revoke([kid])
+    return _json({"id": kid, "revoked": True})
+
+
+async def tenant_usage(request: Request) -> Response:
+    svc = services(request)
+    require_admin(request, svc)
+    tenant = await _get(request)
+    async with _db():
+        summary = await svc.usage.tenant_usage(tenant.id)
+    return _json(asdict(summary))

@@ -1,0 +1,60 @@
+"""Reading and validating request bodies at the edge: size limit, JSON, then the typed view (msgspec)."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import msgspec
+import orjson
+from starlette.requests import ClientDisconnect, Request
+
+from aigw.errors import BodyTooLarge, InvalidRequest
+
+T = TypeVar("T")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            if int(declared) > limit:
+                raise BodyTooLarge(f"Request body is larger than the limit of {limit} bytes")
+        except ValueError:
+            raise InvalidRequest("Invalid Content-Length header") from None
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise BodyTooLarge(f"Request body is larger than the limit of {limit} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise InvalidRequest("The client disconnected while sending the body") from None
+    return b"".join(chunks)
+
+
+async def read_json_object(request: Request, limit: int) -> dict[str, Any]:
+    body = await read_body(request, limit)
+    if not body.strip():
+        raise InvalidRequest("The request body is empty; expected a JSON object")
+    try:
+        # orjson rejects invalid UTF-8 and nesting deeper than 1024 levels with a JSONDecodeError.
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"The request body is not valid JSON: {exc.msg}") from None
+    if not isinstance(data, dict):
+        raise InvalidRequest("The request body must be a JSON object")
+    return data
+
+
+def typed(data: dict[str, Any], cls: type[T]) -> T:
+    try:
+        return msgspec.convert(data, cls)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        param = None
+        if " - at `$." in text:
+            text, _, where = text.partition(" - at `$.")
+            param = where.rstrip("`")
+        raise InvalidRequest(f"Invalid request: {text}", param=param) from None

@@ -1,0 +1,25 @@
+"""POST /v1/embeddings."""
+
+from __future__ import annotations
+
+import time
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from aigw.api.bodies import read_json_object, typed
+from aigw.api.deps import client_principal, request_id, services
+from aigw.gateway import CallContext
+from aigw.providers.base import EmbeddingsInput
+from aigw.schema.embeddings import EmbeddingRequest
+
+
+async def embeddings(request: Request) -> Response:
+    started = time.perf_counter()
+    svc = services(request)
+    principal = client_principal(request, svc)
+    raw = await read_json_object(request, svc.settings.max_body_bytes)
+    req = typed(raw, EmbeddingRequest)
+    ctx = CallContext(principal, request_id(request), req.model, started)
+    served = await svc.gateway.embed(ctx, EmbeddingsInput(req, raw))
+    return Response(served.body, media_type="application/json", headers={"x-aigw-provider": served.provider})

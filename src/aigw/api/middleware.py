@@ -1,0 +1,43 @@
+"""Pure ASGI middleware (no per-request objects beyond a closure): the request id on every response."""
+
+from __future__ import annotations
+
+import os
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+REQUEST_ID_KEY = "aigw.request_id"
+_MAX_ID = 128
+
+
+def _clean(value: bytes) -> str | None:
+    # Echo a client's id only if it is short, printable ASCII: it lands in logs and in the usage ledger.
+    if 0 < len(value) <= _MAX_ID and all(0x21 <= b <= 0x7E for b in value):
+        return value.decode("ascii")
+    return None
+
+
+class RequestIdMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        rid: str | None = None
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                rid = _clean(value)
+                break
+        if rid is None:
+            rid = os.urandom(16).hex()
+        scope[REQUEST_ID_KEY] = rid
+        raw = rid.encode("ascii")
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), (b"x-request-id", raw)]
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)

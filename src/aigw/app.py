@@ -1,0 +1,118 @@
+"""The composition root: create_app(settings) builds everything; the lifespan opens and closes the shared
+resources (database engine, upstream HTTP session, background tasks). Nothing is built at import time."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+
+from aigw.api import routes
+from aigw.api.deps import Services
+from aigw.api.errors import error_response, handle_gateway_error, handle_unexpected
+from aigw.api.middleware import RequestIdMiddleware
+from aigw.config import Settings, load_settings
+from aigw.errors import GatewayError, InvalidRequest, NotFound
+from aigw.gateway import Gateway
+from aigw.metering import UsageRecorder
+from aigw.providers import build_upstream
+from aigw.providers.transport import close_session, make_session
+from aigw.routing import Router, Target
+from aigw.store.db import make_engine
+from aigw.store.tenants import TenantRepo
+from aigw.store.usage import UsageRepo
+from aigw.tenancy import KeyCache, KeySync
+
+log = logging.getLogger("aigw")
+
+
+def _router(settings: Settings) -> Router:
+    enabled = [p.name for p in settings.providers if p.enabled]
+    for p in settings.providers:
+        if not p.enabled:
+            log.warning("provider %s (%s) is disabled: its api_key is empty", p.name, p.type)
+    aliases = {m.name: [Target(t.provider, t.model) for t in m.targets] for m in settings.models}
+    return Router(aliases, enabled)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    err: GatewayError
+    if exc.status_code == 404:
+        err = NotFound(f"Unknown path {request.url.path}")
+    else:
+        err = InvalidRequest(exc.detail or "Invalid request")
+        err.status = exc.status_code  # type: ignore[misc]  # e.g. 405: keep the framework's status
+    return error_response(err)
+
+
+def create_app(settings: Settings) -> Starlette:
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        logging.getLogger("aigw").setLevel(settings.log_level.upper())
+        engine = make_engine(settings.database_url)
+        session = make_session()
+        tenants, usage = TenantRepo(engine), UsageRepo(engine)
+        recorder = UsageRecorder(
+            usage,
+            batch_size=settings.usage.batch_size,
+            flush_interval_s=settings.usage.flush_interval_s,
+            max_pending=settings.usage.max_pending,
+        )
+        upstreams = {p.name: build_upstream(p, session) for p in settings.providers if p.enabled}
+        keys = KeyCache()
+        sync = KeySync(tenants, keys, settings.key_sync_interval_s)
+        svc = Services(
+            settings=settings,
+            engine=engine,
+            gateway=Gateway(_router(settings), upstreams, recorder),
+            keys=keys,
+            tenants=tenants,
+            usage=usage,
+            recorder=recorder,
+            started_at=int(time.time()),
+            key_sync=sync,
+        )
+        app.state.aigw = svc
+        try:
+            await sync.load()
+        except Exception as exc:  # start anyway: /healthz answers, /readyz says why not, the sync retries
+            log.error(
+                "could not load API keys at start (%s); will retry in the background", type(exc).__name__
+            )
+        sync.start()
+        recorder.start()
+        log.info(
+            "aigw ready: %d providers, %d aliases, %d keys", len(upstreams), len(settings.models), len(keys)
+        )
+        try:
+            yield
+        finally:
+            await sync.stop()
+            await recorder.stop()
+            await close_session(session)
+            await engine.dispose()
+
+    return Starlette(
+        routes=routes(),
+        middleware=[Middleware(RequestIdMiddleware)],
+        exception_handlers={
+            GatewayError: handle_gateway_error,
+            HTTPException: _http_error,
+            Exception: handle_unexpected,
+        },
+        lifespan=lifespan,
+    )
+
+
+def app_from_env() -> Starlette:
+    """uvicorn factory for ``--workers N`` and ``--reload``: each worker process builds its own app."""
+    return create_app(load_settings(os.environ["AIGW_CONFIG"]))

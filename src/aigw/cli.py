@@ -1,0 +1,91 @@
+"""``aigw serve`` / ``aigw migrate``: parse flags and AIGW_CONFIG, then hand over to app/store. No logic here."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from aigw import __version__
+from aigw.config import ConfigError, Settings, load_settings
+
+
+def _config_path(arg: str | None) -> str:
+    path = arg or os.environ.get("AIGW_CONFIG")
+    if not path:
+        print("aigw: no config given: pass --config FILE or set AIGW_CONFIG", file=sys.stderr)  # noqa: T201
+        raise SystemExit(2)
+    return str(Path(path).resolve())
+
+
+def _settings(path: str) -> Settings:
+    try:
+        return load_settings(path)
+    except ConfigError as exc:
+        print(f"aigw: {exc}", file=sys.stderr)  # noqa: T201
+        raise SystemExit(2) from None
+
+
+def _migrate(settings: Settings) -> None:
+    from aigw.store.migrate import upgrade_to_head
+
+    upgrade_to_head(settings.database_url)
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    settings = _settings(_config_path(args.config))
+    _migrate(settings)
+    print("aigw: database migrated to the latest revision")  # noqa: T201
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    path = _config_path(args.config)
+    settings = _settings(path)
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if settings.database_url.startswith("sqlite"):
+        _migrate(settings)  # the embedded default needs no separate step; PostgreSQL is migrated explicitly
+    common = {
+        "host": args.host,
+        "port": args.port,
+        "loop": "uvloop",
+        "http": "httptools",
+        "access_log": False,  # per-request logs are structured and cheap (issue 7), not uvicorn's
+        "log_level": settings.log_level,
+        "timeout_graceful_shutdown": 30,
+    }
+    if args.workers > 1 or args.reload:
+        os.environ["AIGW_CONFIG"] = path  # each worker process rebuilds the app from it
+        uvicorn.run("aigw.app:app_from_env", factory=True, workers=args.workers, reload=args.reload, **common)
+    else:
+        from aigw.app import create_app
+
+        uvicorn.run(create_app(settings), **common)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="aigw", description="aigw: an OpenAI-compatible AI gateway")
+    parser.add_argument("--version", action="version", version=f"aigw {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the gateway")
+    serve.add_argument("--config", help="config file (default: $AIGW_CONFIG)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument("--reload", action="store_true", help="restart on code changes (development)")
+    serve.set_defaults(func=cmd_serve)
+    migrate = sub.add_parser("migrate", help="apply database migrations to database_url")
+    migrate.add_argument("--config", help="config file (default: $AIGW_CONFIG)")
+    migrate.set_defaults(func=cmd_migrate)
+    args = parser.parse_args(argv)
+    rc: int = args.func(args)
+    return rc

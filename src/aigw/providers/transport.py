@@ -1,0 +1,206 @@
+"""Upstream: the only code that performs upstream HTTP. Owns no translation.
+
+One shared ``aiohttp.ClientSession`` per process (created in the app's lifespan); foreign exceptions are mapped
+onto the gateway's error tree here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import aiohttp
+
+from aigw import __version__
+from aigw.errors import UpstreamError, UpstreamTimeout, UpstreamUnreachable
+from aigw.providers.base import (
+    ChatAdapter,
+    ChatInput,
+    Completion,
+    EmbeddingsAdapter,
+    EmbeddingsInput,
+    EmbeddingsResult,
+    Framing,
+    Signer,
+    StreamDecoder,
+    StreamIdentity,
+    UpstreamRequest,
+)
+from aigw.providers.framing import make_parser
+from aigw.schema.usage import Usage
+
+_USER_AGENT = f"aigw/{__version__}"
+_MAX_ERROR_BODY = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    connect_s: float
+    total_s: float  # non-streaming: whole exchange; streaming: the longest silence between two reads
+
+
+@contextmanager
+def map_transport_errors(provider: str, url: str) -> Iterator[None]:
+    try:
+        yield
+    except (TimeoutError, aiohttp.ServerTimeoutError):
+        raise UpstreamTimeout(f"{provider} did not answer in time ({url})", provider=provider) from None
+    except aiohttp.ClientConnectorError as exc:
+        raise UpstreamUnreachable(
+            f"cannot connect to {provider} ({url}): {exc.os_error.strerror or exc.os_error}",
+            provider=provider,
+        ) from None
+    except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, aiohttp.ClientPayloadError) as exc:
+        raise UpstreamUnreachable(
+            f"connection to {provider} broke ({type(exc).__name__})", provider=provider
+        ) from None
+    except aiohttp.ClientError as exc:
+        raise UpstreamUnreachable(
+            f"{provider} request failed ({type(exc).__name__})", provider=provider
+        ) from None
+
+
+class UpstreamStream:
+    """An open upstream stream. Iterate for serialized OpenAI chunks; ``aclose`` always (it drops the
+    connection if the body was not read to the end, which is how an upstream learns the client went away)."""
+
+    def __init__(
+        self, provider: str, url: str, resp: aiohttp.ClientResponse, decoder: StreamDecoder, framing: Framing
+    ) -> None:
+        self._provider = provider
+        self._url = url
+        self._resp = resp
+        self.decoder = decoder
+        self._parser = make_parser(framing)
+        self._gen = self._chunks()
+
+    @property
+    def usage(self) -> Usage | None:
+        return self.decoder.usage
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._gen
+
+    async def next_chunk(self) -> bytes:
+        """The commit point's read: the first chunk, or the error that lets the caller fall back."""
+        try:
+            return await anext(self._gen)
+        except StopAsyncIteration:
+            raise UpstreamError(
+                f"{self._provider} ended the stream without any chunk",
+                upstream_status=502,
+                provider=self._provider,
+            ) from None
+
+    async def _chunks(self) -> AsyncGenerator[bytes, None]:
+        feed, parser = self.decoder.feed, self._parser
+        with map_transport_errors(self._provider, self._url):
+            async for data in self._resp.content.iter_any():
+                for event in parser.feed(data):
+                    for chunk in feed(event):
+                        yield chunk
+        for event in parser.close():
+            for chunk in feed(event):
+                yield chunk
+        for chunk in self.decoder.finish():
+            yield chunk
+
+    async def aclose(self) -> None:
+        try:
+            await self._gen.aclose()
+        finally:
+            self._resp.close()
+
+
+class Upstream:
+    """One configured provider: name + adapter + signer + base URL + timeouts."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        kind: str,
+        base_url: str,
+        adapter: ChatAdapter,
+        signer: Signer | None,
+        timeouts: Timeouts,
+        session: aiohttp.ClientSession,
+    ) -> None:
+        self.name = name
+        self.kind = kind
+        self.base_url = base_url.rstrip("/")
+        self.adapter = adapter
+        self._signer = signer
+        self._session = session
+        self._timeout = aiohttp.ClientTimeout(total=timeouts.total_s, sock_connect=timeouts.connect_s)
+        self._stream_timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=timeouts.connect_s, sock_read=timeouts.total_s
+        )
+
+    @property
+    def embeddings(self) -> EmbeddingsAdapter | None:
+        a = self.adapter
+        return a if hasattr(a, "encode_embeddings") else None  # type: ignore[return-value]
+
+    def _prepare(self, up: UpstreamRequest) -> tuple[str, dict[str, str]]:
+        url = self.base_url + up.path
+        headers = {"user-agent": _USER_AGENT, **up.headers}
+        if self._signer is not None:
+            headers = self._signer.sign(up.method, url, headers, up.body)
+        return url, headers
+
+    async def _send(
+        self, up: UpstreamRequest, timeout: aiohttp.ClientTimeout
+    ) -> tuple[str, aiohttp.ClientResponse]:
+        url, headers = self._prepare(up)
+        with map_transport_errors(self.name, url):
+            resp = await self._session.request(up.method, url, data=up.body, headers=headers, timeout=timeout)
+            if resp.status >= 400:
+                try:
+                    body = await resp.content.read(_MAX_ERROR_BODY)
+                finally:
+                    resp.close()
+                err = self.adapter.decode_error(resp.status, body, resp.headers)
+                err.provider = self.name
+                raise err
+        return url, resp
+
+    async def _read(self, up: UpstreamRequest) -> bytes:
+        url, resp = await self._send(up, self._timeout)
+        with map_transport_errors(self.name, url):
+            try:
+                return await resp.read()
+            finally:
+                resp.release()
+
+    async def chat(self, chat: ChatInput, model: str, ident: StreamIdentity) -> Completion:
+        up = self.adapter.encode_chat(chat, model=model, stream=False)
+        return self.adapter.decode_chat(await self._read(up), model=model, ident=ident)
+
+    async def open_stream(
+        self, chat: ChatInput, model: str, ident: StreamIdentity, *, include_usage: bool
+    ) -> UpstreamStream:
+        up = self.adapter.encode_chat(chat, model=model, stream=True)
+        url, resp = await self._send(up, self._stream_timeout)
+        decoder = self.adapter.stream_decoder(model=model, include_usage=include_usage, ident=ident)
+        return UpstreamStream(self.name, url, resp, decoder, self.adapter.framing)
+
+    async def embed(self, emb: EmbeddingsInput, model: str, encoding_format: str) -> EmbeddingsResult:
+        adapter = self.embeddings
+        if adapter is None:
+            raise UpstreamError(f"provider {self.name} has no embeddings API", upstream_status=400)
+        up = adapter.encode_embeddings(emb, model=model)
+        return adapter.decode_embeddings(await self._read(up), model=model, encoding_format=encoding_format)
+
+
+def make_session() -> aiohttp.ClientSession:
+    # limit=0: concurrency is bounded by the server, not by a pool queue that would add hidden latency.
+    connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30)
+    return aiohttp.ClientSession(connector=connector, auto_decompress=True, trust_env=False)
+
+
+async def close_session(session: aiohttp.ClientSession) -> None:
+    await session.close()
+    await asyncio.sleep(0)  # let the connector's transports finish closing

@@ -1,0 +1,3 @@
+"""Root conftest: real-service fixtures (SQLite, PostgreSQL, Redis) and the fake upstream servers."""
+
+pytest_plugins = ["tests.support.databases", "tests.fakes.plugin"]
