@@ -85,14 +85,10 @@ def create_app(settings: Settings) -> Starlette:
         try:
             await sync.load()
         except Exception as exc:  # start anyway: /healthz answers, /readyz says why not, the sync retries
-            log.error(
-                "could not load API keys at start (%s); will retry in the background", type(exc).__name__
-            )
+            log.error("could not load API keys at start (%s); will retry in the background", type(exc).__name__)
         sync.start()
         recorder.start()
-        log.info(
-            "aigw ready: %d providers, %d aliases, %d keys", len(upstreams), len(settings.models), len(keys)
-        )
+        log.info("aigw ready: %d providers, %d aliases, %d keys", len(upstreams), len(settings.models), len(keys))
         try:
             yield
         finally:

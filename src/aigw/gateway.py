@@ -145,9 +145,7 @@ class CommittedStream:
     """A stream past its commit point. Iterate for chunk JSON; ``close`` exactly once with the outcome, which
     closes the upstream and meters the usage seen so far (whether the stream completed, failed or was abandoned)."""
 
-    def __init__(
-        self, gw: Gateway, ctx: CallContext, target: Target, stream: UpstreamStream, first: bytes
-    ) -> None:
+    def __init__(self, gw: Gateway, ctx: CallContext, target: Target, stream: UpstreamStream, first: bytes) -> None:
         self._gw = gw
         self._ctx = ctx
         self.target = target
@@ -169,6 +167,4 @@ class CommittedStream:
         try:
             await self._stream.aclose()
         finally:
-            self._gw._record(
-                self._ctx, status=status, target=self.target, usage=self._stream.usage, error=error
-            )
+            self._gw._record(self._ctx, status=status, target=self.target, usage=self._stream.usage, error=error)

@@ -49,9 +49,7 @@ class UsageRecorder:
             self._pending.popleft()
             self.dropped += 1
             if self.dropped == 1 or self.dropped % 1000 == 0:
-                log.error(
-                    "usage buffer full (%d pending): %d records dropped so far", self._max, self.dropped
-                )
+                log.error("usage buffer full (%d pending): %d records dropped so far", self._max, self.dropped)
         self._pending.append(rec)
         self._idle.clear()
         if len(self._pending) >= self._batch:
@@ -79,9 +77,7 @@ class UsageRecorder:
             except Exception as exc:
                 self._pending.extendleft(reversed(batch))
                 self.failures += 1
-                log.warning(
-                    "usage write failed (%s); %d records kept for retry", type(exc).__name__, self.pending
-                )
+                log.warning("usage write failed (%s); %d records kept for retry", type(exc).__name__, self.pending)
                 return False
             self.written += len(batch)
         self._idle.set()

@@ -24,8 +24,7 @@ class Router:
         self._providers = frozenset(providers)
         # Targets on providers that are not enabled (no key configured) are dropped here, once.
         self._aliases = {
-            name: tuple(t for t in targets if t.provider in self._providers)
-            for name, targets in aliases.items()
+            name: tuple(t for t in targets if t.provider in self._providers) for name, targets in aliases.items()
         }
 
     @property
@@ -44,6 +43,4 @@ class Router:
         provider, sep, upstream_model = model.partition("/")
         if sep and upstream_model and provider in self._providers:
             return (Target(provider, upstream_model),)
-        raise ModelNotFound(
-            f"The model `{model}` does not exist or you do not have access to it.", param="model"
-        )
+        raise ModelNotFound(f"The model `{model}` does not exist or you do not have access to it.", param="model")

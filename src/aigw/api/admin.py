@@ -170,9 +170,7 @@ async def create_key(request: Request) -> Response:
     tid = request.path_params["tenant_id"]
     try:
         async with _db():
-            api_key = await svc.tenants.create_key(
-                tid, key_hash=hash_key(key), key_prefix=display_prefix(key)
-            )
+            api_key = await svc.tenants.create_key(tid, key_hash=hash_key(key), key_prefix=display_prefix(key))
     except DuplicateKeyError:
         raise Conflict("That key already exists", param="key") from None
     except TenantNotFoundError:

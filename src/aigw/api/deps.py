@@ -55,9 +55,7 @@ def client_principal(request: Request, svc: Services) -> Principal:
         return svc.keys.authenticate(authorization)
     except Unauthorized:
         if is_admin_key(svc, authorization):
-            raise Unauthorized(
-                "The admin key is not a client key: create a tenant key with the admin API"
-            ) from None
+            raise Unauthorized("The admin key is not a client key: create a tenant key with the admin API") from None
         raise
 
 

@@ -14,9 +14,7 @@ log = logging.getLogger("aigw.api")
 
 
 def error_payload(err: GatewayError) -> dict[str, object]:
-    return {
-        "error": {"message": err.message, "type": err.error_type, "param": err.param, "code": err.error_code}
-    }
+    return {"error": {"message": err.message, "type": err.error_type, "param": err.param, "code": err.error_code}}
 
 
 def error_body(err: GatewayError) -> bytes:
@@ -46,7 +44,5 @@ async def handle_gateway_error(request: Request, exc: Exception) -> Response:
 async def handle_unexpected(request: Request, exc: Exception) -> Response:
     # A bug, not bad input: log the type and location only (a message could echo request content).
     log.error("unhandled %s on %s %s", type(exc).__name__, request.method, request.url.path, exc_info=exc)
-    body = {
-        "error": {"message": "internal error", "type": "api_error", "param": None, "code": "internal_error"}
-    }
+    body = {"error": {"message": "internal error", "type": "api_error", "param": None, "code": "internal_error"}}
     return Response(orjson.dumps(body), 500, media_type="application/json")

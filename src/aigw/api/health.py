@@ -28,6 +28,4 @@ async def readyz(request: Request) -> JSONResponse:
         checks["database"] = f"unavailable ({type(exc).__name__})"
     checks["api_keys"] = "loaded" if svc.key_sync.loaded else "not loaded yet"
     ok = checks["database"] == "ok" and svc.key_sync.loaded
-    return JSONResponse(
-        {"status": "ready" if ok else "not ready", "checks": checks}, status_code=200 if ok else 503
-    )
+    return JSONResponse({"status": "ready" if ok else "not ready", "checks": checks}, status_code=200 if ok else 503)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 
 from starlette.types import Message, Receive, Scope, Send
 
@@ -17,6 +18,7 @@ from aigw.errors import GatewayError, UpstreamError
 from aigw.gateway import CLIENT_CLOSED, CommittedStream
 
 DONE = b"data: [DONE]\n\n"
+log = logging.getLogger("aigw.api")
 
 
 class SSEResponse:
@@ -49,9 +51,7 @@ class SSEResponse:
             await send({"type": "http.response.start", "status": 200, "headers": self._headers})
             try:
                 async for chunk in stream.chunks():
-                    await send(
-                        {"type": "http.response.body", "body": b"data: " + chunk + b"\n\n", "more_body": True}
-                    )
+                    await send({"type": "http.response.body", "body": b"data: " + chunk + b"\n\n", "more_body": True})
             except UpstreamError as err:
                 status, error = 502, err
                 await send(
@@ -66,8 +66,12 @@ class SSEResponse:
             status = 200
         except OSError:
             pass  # the client went away while we were writing (ASGI spec 2.4)
-        except GatewayError as err:  # defensive: any other gateway error after the commit point
-            status, error = err.http_status, err
+        except Exception as exc:  # a bug after the commit point: still end the stream with an explicit error
+            log.error("stream failed after commit: %s", type(exc).__name__, exc_info=exc)
+            error = exc if isinstance(exc, GatewayError) else GatewayError("internal error", code="internal_error")
+            status = error.http_status
+            with contextlib.suppress(Exception):
+                await send({"type": "http.response.body", "body": b"data: " + error_body(error) + b"\n\n"})
         finally:
             await asyncio.shield(stream.close(status=status, error=error))
 

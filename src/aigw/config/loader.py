@@ -42,9 +42,7 @@ def _expand(node: Any, env: Mapping[str, str], path: str, problems: list[str]) -
             return env[name]
         if default is not None:
             return default
-        problems.append(
-            f"{path}: environment variable {name} is not set. Set it, or write ${{{name}:-default}}"
-        )
+        problems.append(f"{path}: environment variable {name} is not set. Set it, or write ${{{name}:-default}}")
         return ""
 
     expanded = _VAR.sub(sub, node)
@@ -111,9 +109,7 @@ def load_settings(path: str | Path, env: Mapping[str, str] | None = None) -> Set
     try:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(
-            str(p), [f"cannot read the file ({exc.strerror}). Check --config / AIGW_CONFIG"]
-        ) from None
+        raise ConfigError(str(p), [f"cannot read the file ({exc.strerror}). Check --config / AIGW_CONFIG"]) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -149,9 +149,7 @@ class Settings(_Model):
     @classmethod
     def _admin_key_long_enough(cls, v: SecretStr) -> SecretStr:
         if len(v.get_secret_value()) < 8:
-            raise ValueError(
-                "admin_key must be at least 8 characters; set AIGW_ADMIN_KEY to a long random string"
-            )
+            raise ValueError("admin_key must be at least 8 characters; set AIGW_ADMIN_KEY to a long random string")
         return v
 
     @field_validator("database_url")

@@ -12,9 +12,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import aiohttp
+import orjson
 
 from aigw import __version__
-from aigw.errors import UpstreamError, UpstreamTimeout, UpstreamUnreachable
+from aigw.errors import InvalidRequest, UpstreamError, UpstreamTimeout, UpstreamUnreachable
 from aigw.providers.base import (
     ChatAdapter,
     ChatInput,
@@ -42,35 +43,51 @@ class Timeouts:
 
 
 @contextmanager
-def map_transport_errors(provider: str, url: str) -> Iterator[None]:
+def map_transport_errors(provider: str) -> Iterator[None]:
+    # Messages name the provider, never the URL: they reach tenants, who need not learn the internal topology.
     try:
         yield
     except (TimeoutError, aiohttp.ServerTimeoutError):
-        raise UpstreamTimeout(f"{provider} did not answer in time ({url})", provider=provider) from None
+        raise UpstreamTimeout(f"{provider} did not answer in time", provider=provider) from None
     except aiohttp.ClientConnectorError as exc:
-        raise UpstreamUnreachable(
-            f"cannot connect to {provider} ({url}): {exc.os_error.strerror or exc.os_error}",
+        reason = exc.os_error.strerror or type(exc.os_error).__name__
+        raise UpstreamUnreachable(f"cannot connect to {provider}: {reason}", provider=provider) from None
+    except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, aiohttp.ClientPayloadError) as exc:
+        raise UpstreamUnreachable(f"connection to {provider} broke ({type(exc).__name__})", provider=provider) from None
+    except aiohttp.ClientError as exc:
+        raise UpstreamUnreachable(f"{provider} request failed ({type(exc).__name__})", provider=provider) from None
+
+
+@contextmanager
+def map_decode_errors(provider: str) -> Iterator[None]:
+    """An upstream body the adapter cannot read is the upstream's fault (502), never a gateway crash."""
+    try:
+        yield
+    except UpstreamError:
+        raise
+    except Exception as exc:
+        raise UpstreamError(
+            f"{provider} sent a response the gateway cannot read ({type(exc).__name__})",
+            upstream_status=502,
             provider=provider,
         ) from None
-    except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, aiohttp.ClientPayloadError) as exc:
-        raise UpstreamUnreachable(
-            f"connection to {provider} broke ({type(exc).__name__})", provider=provider
-        ) from None
-    except aiohttp.ClientError as exc:
-        raise UpstreamUnreachable(
-            f"{provider} request failed ({type(exc).__name__})", provider=provider
-        ) from None
+
+
+@contextmanager
+def map_encode_errors() -> Iterator[None]:
+    # orjson decodes up to 1024 levels but encodes only ~255: a legal-looking body can still fail to re-encode.
+    try:
+        yield
+    except orjson.JSONEncodeError:
+        raise InvalidRequest("The request is nested too deeply to forward (or holds unencodable values)") from None
 
 
 class UpstreamStream:
     """An open upstream stream. Iterate for serialized OpenAI chunks; ``aclose`` always (it drops the
     connection if the body was not read to the end, which is how an upstream learns the client went away)."""
 
-    def __init__(
-        self, provider: str, url: str, resp: aiohttp.ClientResponse, decoder: StreamDecoder, framing: Framing
-    ) -> None:
+    def __init__(self, provider: str, resp: aiohttp.ClientResponse, decoder: StreamDecoder, framing: Framing) -> None:
         self._provider = provider
-        self._url = url
         self._resp = resp
         self.decoder = decoder
         self._parser = make_parser(framing)
@@ -95,16 +112,17 @@ class UpstreamStream:
             ) from None
 
     async def _chunks(self) -> AsyncGenerator[bytes, None]:
-        feed, parser = self.decoder.feed, self._parser
-        with map_transport_errors(self._provider, self._url):
+        feed, parser, provider = self.decoder.feed, self._parser, self._provider
+        with map_transport_errors(provider):
             async for data in self._resp.content.iter_any():
-                for event in parser.feed(data):
-                    for chunk in feed(event):
-                        yield chunk
-        for event in parser.close():
-            for chunk in feed(event):
-                yield chunk
-        for chunk in self.decoder.finish():
+                with map_decode_errors(provider):
+                    chunks = [c for event in parser.feed(data) for c in feed(event)]
+                for chunk in chunks:
+                    yield chunk
+        with map_decode_errors(provider):
+            chunks = [c for event in parser.close() for c in feed(event)]
+            chunks += self.decoder.finish()
+        for chunk in chunks:
             yield chunk
 
     async def aclose(self) -> None:
@@ -151,48 +169,57 @@ class Upstream:
             headers = self._signer.sign(up.method, url, headers, up.body)
         return url, headers
 
-    async def _send(
-        self, up: UpstreamRequest, timeout: aiohttp.ClientTimeout
-    ) -> tuple[str, aiohttp.ClientResponse]:
+    async def _send(self, up: UpstreamRequest, timeout: aiohttp.ClientTimeout) -> aiohttp.ClientResponse:
         url, headers = self._prepare(up)
-        with map_transport_errors(self.name, url):
+        with map_transport_errors(self.name):
             resp = await self._session.request(up.method, url, data=up.body, headers=headers, timeout=timeout)
             if resp.status >= 400:
                 try:
                     body = await resp.content.read(_MAX_ERROR_BODY)
                 finally:
                     resp.close()
-                err = self.adapter.decode_error(resp.status, body, resp.headers)
+                with map_decode_errors(self.name):
+                    err = self.adapter.decode_error(resp.status, body, resp.headers)
                 err.provider = self.name
+                if resp.status in (401, 403):
+                    # The upstream rejected the gateway's own credentials; its message may quote part of the key.
+                    err.message = f"{self.name} rejected the gateway's credentials (HTTP {resp.status})"
                 raise err
-        return url, resp
+        return resp
 
     async def _read(self, up: UpstreamRequest) -> bytes:
-        url, resp = await self._send(up, self._timeout)
-        with map_transport_errors(self.name, url):
+        resp = await self._send(up, self._timeout)
+        with map_transport_errors(self.name):
             try:
                 return await resp.read()
             finally:
                 resp.release()
 
     async def chat(self, chat: ChatInput, model: str, ident: StreamIdentity) -> Completion:
-        up = self.adapter.encode_chat(chat, model=model, stream=False)
-        return self.adapter.decode_chat(await self._read(up), model=model, ident=ident)
+        with map_encode_errors():
+            up = self.adapter.encode_chat(chat, model=model, stream=False)
+        body = await self._read(up)
+        with map_decode_errors(self.name):
+            return self.adapter.decode_chat(body, model=model, ident=ident)
 
     async def open_stream(
         self, chat: ChatInput, model: str, ident: StreamIdentity, *, include_usage: bool
     ) -> UpstreamStream:
-        up = self.adapter.encode_chat(chat, model=model, stream=True)
-        url, resp = await self._send(up, self._stream_timeout)
+        with map_encode_errors():
+            up = self.adapter.encode_chat(chat, model=model, stream=True)
+        resp = await self._send(up, self._stream_timeout)
         decoder = self.adapter.stream_decoder(model=model, include_usage=include_usage, ident=ident)
-        return UpstreamStream(self.name, url, resp, decoder, self.adapter.framing)
+        return UpstreamStream(self.name, resp, decoder, self.adapter.framing)
 
     async def embed(self, emb: EmbeddingsInput, model: str, encoding_format: str) -> EmbeddingsResult:
         adapter = self.embeddings
         if adapter is None:
             raise UpstreamError(f"provider {self.name} has no embeddings API", upstream_status=400)
-        up = adapter.encode_embeddings(emb, model=model)
-        return adapter.decode_embeddings(await self._read(up), model=model, encoding_format=encoding_format)
+        with map_encode_errors():
+            up = adapter.encode_embeddings(emb, model=model)
+        body = await self._read(up)
+        with map_decode_errors(self.name):
+            return adapter.decode_embeddings(body, model=model, encoding_format=encoding_format)
 
 
 def make_session() -> aiohttp.ClientSession:

@@ -68,9 +68,7 @@ class OpenAIStreamDecoder:
         try:
             chunk = orjson.loads(data)
         except orjson.JSONDecodeError:
-            raise UpstreamError(
-                "upstream sent a stream event that is not JSON", upstream_status=502
-            ) from None
+            raise UpstreamError("upstream sent a stream event that is not JSON", upstream_status=502) from None
         if not isinstance(chunk, dict):
             raise UpstreamError("upstream sent a stream event that is not a JSON object", upstream_status=502)
         err = chunk.get("error")
@@ -154,9 +152,7 @@ class OpenAIAdapter:
             finish_reason=finish,
         )
 
-    def stream_decoder(
-        self, *, model: str, include_usage: bool, ident: StreamIdentity
-    ) -> OpenAIStreamDecoder:
+    def stream_decoder(self, *, model: str, include_usage: bool, ident: StreamIdentity) -> OpenAIStreamDecoder:
         return OpenAIStreamDecoder(include_usage)
 
     def decode_error(self, status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamError:

@@ -1,0 +1,87 @@
+"""The schema, as SQLAlchemy Core tables. Migrations must produce exactly this (a test checks it)."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    false,
+    text,
+)
+
+from aigw.store.types import Money, UTCDateTime
+
+# Named constraints let Alembic (and SQLite batch mode in particular) find and alter them later.
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+tenants = Table(
+    "tenants",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("rate_limit_rpm", Integer, nullable=True),
+    Column("rate_limit_tpm", Integer, nullable=True),
+    Column("monthly_budget_usd", Money(18, 6), nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    # Soft delete: usage rows keep pointing at a tenant that still exists.
+    Column("deleted_at", UTCDateTime, nullable=True),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("tenant_id", String(32), ForeignKey("tenants.id"), nullable=False),
+    # Hex SHA-256 of the key; the key itself is never stored.
+    Column("key_hash", String(64), nullable=False, unique=True),
+    Column("prefix", String(16), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("revoked_at", UTCDateTime, nullable=True),
+    # updated_at drives the cross-process key sync; tenant_id serves "revoke every key of this tenant".
+    Index(None, "updated_at"),
+    Index(None, "tenant_id"),
+)
+
+usage_records = Table(
+    "usage_records",
+    metadata,
+    # SQLite only auto-increments an INTEGER PRIMARY KEY, so BIGINT there would need explicit ids.
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("request_id", String(128), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    # No foreign keys: usage is append-only history and is written in bulk off the request path.
+    Column("tenant_id", String(32), nullable=False),
+    Column("key_id", String(32), nullable=True),
+    Column("model", String(200), nullable=False),  # what the client asked for (alias or provider/model)
+    Column("provider", String(100), nullable=True),
+    Column("upstream_model", String(200), nullable=True),
+    Column("prompt_tokens", Integer, nullable=False, server_default=text("0")),
+    Column("completion_tokens", Integer, nullable=False, server_default=text("0")),
+    Column("cached_prompt_tokens", Integer, nullable=False, server_default=text("0")),
+    Column("cache_write_tokens", Integer, nullable=False, server_default=text("0")),
+    Column("cost_usd", Money(18, 9), nullable=True),  # null = price unknown, not free
+    Column("status", Integer, nullable=False),  # HTTP status returned to the client
+    Column("latency_ms", Float, nullable=False),
+    Column("stream", Boolean, nullable=False),
+    Column("cache_hit", Boolean, nullable=False, server_default=false()),
+    Column("error_type", String(100), nullable=True),
+    Index(None, "tenant_id", "created_at"),
+)
