@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
+from types import FrameType
 
 from aigw import __version__
 from aigw.config import ConfigError, Settings, load_settings
@@ -30,6 +32,8 @@ def _settings(path: str) -> Settings:
 
 def _migrate(settings: Settings) -> None:
     from aigw.store.migrate import upgrade_to_head
+
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # one line of our own says it is done
 
     upgrade_to_head(settings.database_url)
 
@@ -68,8 +72,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     else:
         from aigw.app import create_app
 
+        # uvicorn re-raises the signal it shut down on once its own handlers are removed; a graceful stop on
+        # SIGTERM (what process managers send) is a clean exit, so let that re-raised SIGTERM end with status 0.
+        signal.signal(signal.SIGTERM, _exit_cleanly)
         uvicorn.run(create_app(settings), **common)
     return 0
+
+
+def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)
 
 
 def main(argv: list[str] | None = None) -> int:

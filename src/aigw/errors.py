@@ -12,6 +12,7 @@
     ├── RateLimited                   429     rate_limit_error        rate_limit_exceeded
     ├── BudgetExceeded                402     insufficient_quota      budget_exceeded
     ├── ServiceUnavailable            503     service_unavailable     (e.g. database down on an admin write)
+    ├── ClientDisconnected            499     client_closed           (nobody is left to read it; for the ledger)
     └── UpstreamError                 (the upstream's status for request errors, else 502)
         ├── UpstreamTimeout           504     timeout
         ├── UpstreamUnreachable       502     upstream_unreachable    (refused / reset / DNS)
@@ -107,6 +108,12 @@ class ServiceUnavailable(GatewayError):
     status = 503
     type = "service_unavailable"
     code = "service_unavailable"
+
+
+class ClientDisconnected(GatewayError):
+    status = 499  # nginx's "client closed request"
+    type = "client_closed"
+    code = "client_closed"
 
 
 class UpstreamError(GatewayError):

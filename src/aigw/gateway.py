@@ -7,13 +7,14 @@ served by its first target.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from aigw.errors import AllTargetsFailed, GatewayError, UpstreamError
+from aigw.errors import AllTargetsFailed, ClientDisconnected, GatewayError, UpstreamError
 from aigw.metering import UsageRecorder
 from aigw.providers.base import ChatInput, EmbeddingsInput, StreamIdentity
 from aigw.providers.transport import Upstream, UpstreamStream
@@ -22,7 +23,7 @@ from aigw.schema.usage import Usage
 from aigw.store.usage import UsageRecord
 from aigw.tenancy import Principal
 
-CLIENT_CLOSED = 499  # nginx's convention for "the client went away before the response completed"
+CLIENT_CLOSED = ClientDisconnected.status
 
 
 @dataclass(slots=True)
@@ -102,6 +103,9 @@ class Gateway:
         except GatewayError as err:
             self._record(ctx, status=err.http_status, target=target, usage=None, error=err)
             raise
+        except asyncio.CancelledError:  # the client went away (api.disconnect): still one ledger row
+            self._record(ctx, status=CLIENT_CLOSED, target=target, usage=None)
+            raise
         self._record(ctx, status=200, target=target, usage=completion.usage)
         return Served(completion.body, target.provider)
 
@@ -121,8 +125,15 @@ class Gateway:
                 if stream is not None:
                     await stream.aclose()
                 raise self._as_final(target, err) from None
+            except asyncio.CancelledError:
+                if stream is not None:
+                    await asyncio.shield(stream.aclose())
+                raise
         except GatewayError as err:
             self._record(ctx, status=err.http_status, target=target, usage=None, error=err)
+            raise
+        except asyncio.CancelledError:
+            self._record(ctx, status=CLIENT_CLOSED, target=target, usage=None)
             raise
         return CommittedStream(self, ctx, target, stream, first)
 
@@ -136,6 +147,9 @@ class Gateway:
                 raise self._as_final(target, err) from None
         except GatewayError as err:
             self._record(ctx, status=err.http_status, target=target, usage=None, error=err)
+            raise
+        except asyncio.CancelledError:
+            self._record(ctx, status=CLIENT_CLOSED, target=target, usage=None)
             raise
         self._record(ctx, status=200, target=target, usage=result.usage)
         return Served(result.body, target.provider)

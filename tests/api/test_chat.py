@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from tests.api.conftest import TenantKey
 from tests.fakes.ollama_fake import FakeOllama
@@ -19,7 +20,10 @@ from tests.support.gateway import RunningGateway
 from tests.support.openapi import validate, validate_sse_stream
 
 MODELS = {"gpt": "oai", "llama": "local"}
-MSG = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hello gateway world"}]
+MSG: list[ChatCompletionMessageParam] = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "hello gateway world"},
+]
 TOOLS: list[Any] = [
     {
         "type": "function",
@@ -50,8 +54,10 @@ def usage_rows(gw: RunningGateway, tenant: TenantKey) -> dict[str, Any]:
     return body
 
 
-def test_non_streaming(model: str, client: openai.OpenAI, http: httpx.Client, gw: RunningGateway, tenant: TenantKey) -> None:
-    resp = client.chat.completions.with_raw_response.create(model=model, messages=MSG)  # type: ignore[arg-type]
+def test_non_streaming(
+    model: str, client: openai.OpenAI, http: httpx.Client, gw: RunningGateway, tenant: TenantKey
+) -> None:
+    resp = client.chat.completions.with_raw_response.create(model=model, messages=MSG)
     assert resp.headers["x-aigw-provider"] == MODELS[model]
     assert resp.headers["x-aigw-cache"] == "bypass"
     assert len(resp.headers["x-request-id"]) >= 16
@@ -71,15 +77,19 @@ def test_non_streaming(model: str, client: openai.OpenAI, http: httpx.Client, gw
 
 async def test_async_client(model: str, aclient: openai.AsyncOpenAI) -> None:
     async with aclient:
-        completion = await aclient.chat.completions.create(model=model, messages=MSG)  # type: ignore[arg-type]
+        completion = await aclient.chat.completions.create(model=model, messages=MSG)
     assert completion.choices[0].message.content == "Echo: hello gateway world"
 
 
 def test_streaming_without_usage_is_still_metered(
-    model: str, client: openai.OpenAI, http: httpx.Client, gw: RunningGateway, tenant: TenantKey,
+    model: str,
+    client: openai.OpenAI,
+    http: httpx.Client,
+    gw: RunningGateway,
+    tenant: TenantKey,
     oai: FakeOpenAI,
 ) -> None:
-    chunks = list(client.chat.completions.create(model=model, messages=MSG, stream=True))  # type: ignore[arg-type]
+    chunks = list(client.chat.completions.create(model=model, messages=MSG, stream=True))
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == "Echo: hello gateway world"
     assert all(c.usage is None for c in chunks)
@@ -108,9 +118,7 @@ def test_streaming_with_usage_chunk(model: str, client: openai.OpenAI, http: htt
     assert len(ids) == 1, "one id for the whole stream"
 
     sdk_chunks = list(
-        client.chat.completions.create(
-            model=model, messages=MSG, stream=True, stream_options={"include_usage": True}  # type: ignore[arg-type]
-        )
+        client.chat.completions.create(model=model, messages=MSG, stream=True, stream_options={"include_usage": True})
     )
     assert sdk_chunks[-1].usage is not None and sdk_chunks[-1].usage.completion_tokens == 4
 
@@ -172,7 +180,9 @@ def test_stop_and_length(model: str, client: openai.OpenAI) -> None:
     assert stopped.choices[0].message.content is not None and "three" not in stopped.choices[0].message.content
 
 
-def test_unknown_fields_pass_through_to_openai(model: str, http: httpx.Client, oai: FakeOpenAI, olla: FakeOllama) -> None:
+def test_unknown_fields_pass_through_to_openai(
+    model: str, http: httpx.Client, oai: FakeOpenAI, olla: FakeOllama
+) -> None:
     body = {"model": model, "messages": MSG, "metadata": {"team": "a"}, "service_tier": "auto", "x_future": [1, 2]}
     r = http.post("/v1/chat/completions", json=body)
     assert r.status_code == 200, r.text

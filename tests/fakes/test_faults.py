@@ -110,7 +110,7 @@ def test_error_event_mid_stream(client: openai.OpenAI, fake_openai: FakeOpenAI) 
         drain(client.chat.completions.create(model="gpt-4o-mini", messages=MSGS, stream=True), got)
     assert len(got) == 3
     assert err.value.message == "The model is overloaded"
-    assert fake_openai.last_request.outcome == "completed"
+    assert fake_openai.last_request.wait_done(5) and fake_openai.last_request.outcome == "completed"
 
     fake_openai.inject(faults.error_after(0))
     with httpx.stream("POST", fake_openai.base_url + "/chat/completions", timeout=10,
@@ -172,7 +172,7 @@ def test_slow_chunks(client: openai.OpenAI, fake_openai: FakeOpenAI) -> None:
     chunks = list(client.chat.completions.create(model="gpt-4o-mini", messages=MSGS, stream=True))
     assert len(chunks) == 8  # role, 6 words, finish
     assert time.monotonic() - started >= 0.05 * 8
-    assert fake_openai.last_request.outcome == "completed"
+    assert fake_openai.last_request.wait_done(5) and fake_openai.last_request.outcome == "completed"
 
 
 async def test_stop_releases_a_parked_request() -> None:
@@ -224,7 +224,7 @@ def test_ollama_drop_mid_stream(oclient: ollama.Client, fake_ollama: FakeOllama)
     with pytest.raises(httpx.RemoteProtocolError):  # the ollama SDK does not wrap transport errors
         drain(oclient.chat(model="llama3.2", messages=OLLAMA_MSGS, stream=True), parts)
     assert [p.message.content for p in parts] == ["Echo:", " one"]
-    assert fake_ollama.last_request.outcome == "dropped"
+    assert fake_ollama.last_request.wait_done(5) and fake_ollama.last_request.outcome == "dropped"
 
 
 def test_ollama_error_line_mid_stream(oclient: ollama.Client, fake_ollama: FakeOllama) -> None:

@@ -28,10 +28,10 @@ def test_expansion_with_defaults_and_types() -> None:
         },
         env={"K": "sk-live"},
     )
-    o, l = s.providers
+    o, local = s.providers
     assert isinstance(o, OpenAIProvider) and o.api_key is not None
     assert o.api_key.get_secret_value() == "sk-live" and o.timeout_s == 12.5 and o.enabled
-    assert isinstance(l, OllamaProvider) and l.base_url == "http://localhost:11434"
+    assert isinstance(local, OllamaProvider) and local.base_url == "http://localhost:11434"
 
 
 def test_empty_key_disables_provider() -> None:
@@ -45,7 +45,14 @@ def test_unset_variable_is_reported_with_path_and_fix() -> None:
 
 
 def test_unknown_keys_rejected_everywhere_with_paths() -> None:
-    ps = problems({**BASE, "bogus": 1, "cache": {"enabled": True, "ttl": 3}, "providers": [{"name": "x", "type": "ollama", "nope": 1}]})
+    ps = problems(
+        {
+            **BASE,
+            "bogus": 1,
+            "cache": {"enabled": True, "ttl": 3},
+            "providers": [{"name": "x", "type": "ollama", "nope": 1}],
+        }
+    )
     assert any(p.startswith("bogus:") and "unknown key" in p for p in ps)
     assert any(p.startswith("cache.ttl:") for p in ps)
     assert any(p.startswith("providers[0].nope:") for p in ps)
@@ -53,7 +60,13 @@ def test_unknown_keys_rejected_everywhere_with_paths() -> None:
 
 def test_unknown_provider_type_and_target() -> None:
     assert any("providers[0]" in p for p in problems({**BASE, "providers": [{"name": "x", "type": "gemini"}]}))
-    ps = problems({**BASE, "providers": [{"name": "x", "type": "ollama"}], "models": [{"name": "m", "targets": [{"provider": "y", "model": "z"}]}]})
+    ps = problems(
+        {
+            **BASE,
+            "providers": [{"name": "x", "type": "ollama"}],
+            "models": [{"name": "m", "targets": [{"provider": "y", "model": "z"}]}],
+        }
+    )
     assert any("unknown provider 'y'" in p for p in ps)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, TypeVar
 
 import msgspec
@@ -52,9 +53,12 @@ def typed(data: dict[str, Any], cls: type[T]) -> T:
     try:
         return msgspec.convert(data, cls)
     except msgspec.ValidationError as exc:
-        text = str(exc)
-        param = None
-        if " - at `$." in text:
-            text, _, where = text.partition(" - at `$.")
-            param = where.rstrip("`")
-        raise InvalidRequest(f"Invalid request: {text}", param=param) from None
+        text, _, where = str(exc).partition(" - at `$")
+        path = where.rstrip("`").lstrip(".")
+        missing = _MISSING.search(text)
+        if missing:  # "Object missing required field `x`": the param is the missing field itself
+            path = f"{path}.{missing.group(1)}" if path else missing.group(1)
+        raise InvalidRequest(f"Invalid request: {text}", param=path or None) from None
+
+
+_MISSING = re.compile(r"missing required field `([^`]+)`")

@@ -10,6 +10,7 @@ from starlette.types import ASGIApp
 
 from aigw.api.bodies import read_json_object, typed
 from aigw.api.deps import client_principal, request_id, services
+from aigw.api.disconnect import until_disconnect
 from aigw.api.sse import SSEResponse
 from aigw.gateway import CallContext
 from aigw.providers.base import ChatInput
@@ -28,9 +29,9 @@ async def chat_completions(request: Request) -> Response | ASGIApp:
     ctx = CallContext(principal, request_id(request), req.model, started, stream=bool(req.stream))
     chat = ChatInput(req, raw)
     if req.stream:
-        committed = await svc.gateway.chat_stream(ctx, chat)
+        committed = await until_disconnect(request.receive, svc.gateway.chat_stream(ctx, chat))
         return SSEResponse(committed, {"x-aigw-provider": committed.provider, "x-aigw-cache": CACHE_STATUS})
-    served = await svc.gateway.chat(ctx, chat)
+    served = await until_disconnect(request.receive, svc.gateway.chat(ctx, chat))
     return Response(
         served.body,
         media_type="application/json",

@@ -9,6 +9,7 @@ from starlette.responses import Response
 
 from aigw.api.bodies import read_json_object, typed
 from aigw.api.deps import client_principal, request_id, services
+from aigw.api.disconnect import until_disconnect
 from aigw.gateway import CallContext
 from aigw.providers.base import EmbeddingsInput
 from aigw.schema.embeddings import EmbeddingRequest
@@ -21,5 +22,5 @@ async def embeddings(request: Request) -> Response:
     raw = await read_json_object(request, svc.settings.max_body_bytes)
     req = typed(raw, EmbeddingRequest)
     ctx = CallContext(principal, request_id(request), req.model, started)
-    served = await svc.gateway.embed(ctx, EmbeddingsInput(req, raw))
+    served = await until_disconnect(request.receive, svc.gateway.embed(ctx, EmbeddingsInput(req, raw)))
     return Response(served.body, media_type="application/json", headers={"x-aigw-provider": served.provider})

@@ -91,17 +91,24 @@ def parse_settings(data: Any, env: Mapping[str, str] | None = None, source: str 
         raise ConfigError(source, ["(top level): must be a mapping of keys. See config.example.yaml"])
     problems: list[str] = []
     expanded = _expand(data, env, "", problems)
-    if problems:
-        raise ConfigError(source, problems)
+    unresolved = {p.partition(":")[0] for p in problems}
     try:
-        return Settings.model_validate(expanded)
+        settings = Settings.model_validate(expanded)
     except ValidationError as exc:
         for err in exc.errors(include_input=False, include_url=False):
             where = _loc(tuple(err["loc"]), expanded)
+            if where in unresolved:
+                continue  # already reported as an unset variable; its placeholder value is not the user's
             fix = _FIX.get(err["type"], "")
             msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "union_tag_invalid":  # pydantic's text quotes the bad value, which may be a secret
+                msg = f"unknown type (expected one of {err.get('ctx', {}).get('expected_tags', '')})"
+                where = f"{where}.type"
             problems.append(f"{where}: {msg}" + (f". Fix: {fix}" if fix else ""))
         raise ConfigError(source, problems) from None
+    if problems:
+        raise ConfigError(source, problems)
+    return settings
 
 
 def load_settings(path: str | Path, env: Mapping[str, str] | None = None) -> Settings:

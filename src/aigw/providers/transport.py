@@ -112,16 +112,27 @@ class UpstreamStream:
             ) from None
 
     async def _chunks(self) -> AsyncGenerator[bytes, None]:
+        # Event by event, so chunks decoded before an error event in the same network read still go out first:
+        # where the commit point falls must not depend on how TCP happened to split the upstream's bytes.
         feed, parser, provider = self.decoder.feed, self._parser, self._provider
         with map_transport_errors(provider):
             async for data in self._resp.content.iter_any():
                 with map_decode_errors(provider):
-                    chunks = [c for event in parser.feed(data) for c in feed(event)]
-                for chunk in chunks:
-                    yield chunk
+                    events = parser.feed(data)
+                for event in events:
+                    with map_decode_errors(provider):
+                        chunks = feed(event)
+                    for chunk in chunks:
+                        yield chunk
         with map_decode_errors(provider):
-            chunks = [c for event in parser.close() for c in feed(event)]
-            chunks += self.decoder.finish()
+            events = parser.close()
+        for event in events:
+            with map_decode_errors(provider):
+                chunks = feed(event)
+            for chunk in chunks:
+                yield chunk
+        with map_decode_errors(provider):
+            chunks = self.decoder.finish()
         for chunk in chunks:
             yield chunk
 
