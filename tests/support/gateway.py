@@ -10,10 +10,10 @@ from typing import Any
 
 import httpx
 import uvicorn
-from aigw.store.migrate import upgrade_to_head
 
 from aigw.app import create_app
 from aigw.config import Settings
+from aigw.store.migrate import upgrade_to_head
 
 ADMIN_KEY = "test-admin-key-0123456789"
 
@@ -101,9 +101,7 @@ class RunningGateway:
     def __enter__(self) -> RunningGateway:
         return self.start()
 
-    def __exit__(
-        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
         self.stop()
 
     # -- admin helpers ------------------------------------------------------------------------------------------

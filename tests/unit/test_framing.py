@@ -9,7 +9,7 @@ from aigw.providers.framing import NDJSONParser, SSEParser
 
 TRANSCRIPT = (
     b": keep-alive comment\n\n"
-    b"event: message_start\ndata: {\"a\": 1}\n\n"
+    b'event: message_start\ndata: {"a": 1}\n\n'
     b"data: line1\r\ndata: line2\r\n\r\n"
     b"id: 7\nretry: 10\ndata:no-space\n\n"
     b"data: caf\xc3\xa9\r\r"
@@ -51,11 +51,18 @@ def test_sse_event_name_resets_after_dispatch() -> None:
 
 
 def test_sse_final_event_without_blank_line_is_kept() -> None:
-    assert _feed_all(SSEParser(), [b"data: a\n\ndata: tail"]) == [UpstreamEvent(None, b"a"), UpstreamEvent(None, b"tail")]
+    assert _feed_all(SSEParser(), [b"data: a\n\ndata: tail"]) == [
+        UpstreamEvent(None, b"a"),
+        UpstreamEvent(None, b"tail"),
+    ]
 
 
 def test_ndjson_split_and_blank_lines() -> None:
     body = b'{"a":1}\n\n{"b":2}\r\n{"c":3}'
     for a, b in itertools.combinations(range(1, len(body)), 2):
         got = _feed_all(NDJSONParser(), [body[:a], body[a:b], body[b:]])
-        assert got == [UpstreamEvent(None, b'{"a":1}'), UpstreamEvent(None, b'{"b":2}'), UpstreamEvent(None, b'{"c":3}')]
+        assert got == [
+            UpstreamEvent(None, b'{"a":1}'),
+            UpstreamEvent(None, b'{"b":2}'),
+            UpstreamEvent(None, b'{"c":3}'),
+        ]
