@@ -6,6 +6,7 @@ The servers live for the module; each test gets the fakes reset and a fresh tena
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,11 +16,14 @@ import openai
 import pytest
 
 from aigw.config import parse_settings
+from tests.fakes.anthropic_fake import FakeAnthropic
+from tests.fakes.bedrock_fake import FakeBedrock
 from tests.fakes.ollama_fake import FakeOllama
 from tests.fakes.openai_fake import FakeOpenAI
 from tests.support.gateway import ADMIN_KEY, RunningGateway
 
 OPENAI_KEY = "sk-fake-openai-key"
+ANTHROPIC_KEY = "sk-ant-api03-fake-key"
 
 
 @dataclass
@@ -27,6 +31,37 @@ class Stack:
     gw: RunningGateway
     oai: FakeOpenAI
     olla: FakeOllama
+    ant: FakeAnthropic
+    brk: FakeBedrock
+
+
+def cloud_providers(ant: FakeAnthropic, brk: FakeBedrock) -> dict[str, list[dict[str, Any]]]:
+    """Anthropic and Bedrock providers/aliases, to merge into gateway_config()."""
+    return {
+        "providers": [
+            {"name": "claude", "type": "anthropic", "base_url": ant.url, "api_key": ANTHROPIC_KEY},
+            {"name": "aws", "type": "bedrock", "region": brk.region, "endpoint_url": brk.url},
+        ],
+        "models": [
+            {"name": "claude", "targets": [{"provider": "claude", "model": "claude-sonnet-4-6"}]},
+            {"name": "bedrock", "targets": [{"provider": "aws", "model": "anthropic.claude-3-5-sonnet-20240620-v1:0"}]},
+            {"name": "emb-titan", "targets": [{"provider": "aws", "model": "amazon.titan-embed-text-v2:0"}]},
+        ],
+    }
+
+
+@contextmanager
+def aws_env(brk: FakeBedrock) -> Iterator[None]:
+    """The standard AWS credential chain, pointed at the fake's test credentials (and nothing on this machine)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AWS_ACCESS_KEY_ID", brk.access_key)
+        mp.setenv("AWS_SECRET_ACCESS_KEY", brk.secret_key)
+        mp.delenv("AWS_SESSION_TOKEN", raising=False)
+        mp.delenv("AWS_PROFILE", raising=False)
+        mp.setenv("AWS_CONFIG_FILE", "/nonexistent/aws-config")
+        mp.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/aws-credentials")
+        mp.setenv("AWS_EC2_METADATA_DISABLED", "true")
+        yield
 
 
 def gateway_config(oai: FakeOpenAI, olla: FakeOllama, database_url: str, **extra: Any) -> dict[str, Any]:
@@ -60,17 +95,30 @@ def gateway_config(oai: FakeOpenAI, olla: FakeOllama, database_url: str, **extra
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     db = tmp_path_factory.mktemp("gw") / "aigw.db"
-    with FakeOpenAI() as oai, FakeOllama() as olla:
-        settings = parse_settings(gateway_config(oai, olla, f"sqlite+aiosqlite:///{db}"), env={})
-        with RunningGateway(settings) as gw:
-            yield Stack(gw, oai, olla)
+    with FakeOpenAI() as oai, FakeOllama() as olla, FakeAnthropic() as ant, FakeBedrock() as brk, aws_env(brk):
+        config = gateway_config(oai, olla, f"sqlite+aiosqlite:///{db}")
+        cloud = cloud_providers(ant, brk)
+        config["providers"] += cloud["providers"]
+        config["models"] += cloud["models"]
+        with RunningGateway(parse_settings(config, env={})) as gw:
+            yield Stack(gw, oai, olla, ant, brk)
 
 
 @pytest.fixture
 def gw(stack: Stack) -> RunningGateway:
-    stack.oai.reset()
-    stack.olla.reset()
+    for fake in (stack.oai, stack.olla, stack.ant, stack.brk):
+        fake.reset()
     return stack.gw
+
+
+@pytest.fixture
+def ant(stack: Stack) -> FakeAnthropic:
+    return stack.ant
+
+
+@pytest.fixture
+def brk(stack: Stack) -> FakeBedrock:
+    return stack.brk
 
 
 @pytest.fixture

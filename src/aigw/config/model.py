@@ -48,7 +48,8 @@ class BedrockProvider(_ProviderBase):
     region: str = "us-east-1"
     endpoint_url: str | None = None
     profile: str | None = None
-    default_max_tokens: Annotated[int, Field(ge=1)] = 4096
+    # Converse does not require maxTokens; None lets each model use its own default.
+    default_max_tokens: Annotated[int, Field(ge=1)] | None = None
 
     @property
     def enabled(self) -> bool:

@@ -117,6 +117,16 @@ class EmbeddingsAdapter(Protocol):
     def decode_embeddings(self, body: bytes, *, model: str, encoding_format: str) -> EmbeddingsResult: ...
 
 
+class BatchEmbeddingsAdapter(Protocol):
+    """For APIs that embed one text per request (Bedrock Titan): the transport sends these concurrently."""
+
+    def encode_embeddings_batch(self, emb: EmbeddingsInput, *, model: str) -> list[UpstreamRequest]: ...
+
+    def decode_embeddings_batch(
+        self, bodies: Sequence[bytes], *, model: str, encoding_format: str
+    ) -> EmbeddingsResult: ...
+
+
 class Signer(Protocol):
     """Adds authentication to one outgoing request (static headers, or SigV4 over the exact body bytes)."""
 

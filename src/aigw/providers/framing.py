@@ -104,4 +104,6 @@ def make_parser(framing: Framing) -> FrameParser:
         return SSEParser()
     if framing is Framing.NDJSON:
         return NDJSONParser()
-    raise ValueError(f"no parser registered for {framing}")  # AWS event-stream arrives with issue 3
+    from aigw.providers.eventstream import EventStreamParser  # binary AWS frames: Bedrock only
+
+    return EventStreamParser()

@@ -13,10 +13,12 @@ from dataclasses import dataclass
 
 import aiohttp
 import orjson
+from yarl import URL
 
 from aigw import __version__
 from aigw.errors import InvalidRequest, UpstreamError, UpstreamTimeout, UpstreamUnreachable
 from aigw.providers.base import (
+    BatchEmbeddingsAdapter,
     ChatAdapter,
     ChatInput,
     Completion,
@@ -34,6 +36,7 @@ from aigw.schema.usage import Usage
 
 _USER_AGENT = f"aigw/{__version__}"
 _MAX_ERROR_BODY = 64 * 1024
+_EMBED_FANOUT = 8  # concurrent requests for one-text-per-call embedding APIs (bounded: upstream throttling)
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,7 +186,10 @@ class Upstream:
     async def _send(self, up: UpstreamRequest, timeout: aiohttp.ClientTimeout) -> aiohttp.ClientResponse:
         url, headers = self._prepare(up)
         with map_transport_errors(self.name):
-            resp = await self._session.request(up.method, url, data=up.body, headers=headers, timeout=timeout)
+            # encoded=True: send the path exactly as signed (yarl would otherwise turn Bedrock's %3A back into ':').
+            resp = await self._session.request(
+                up.method, URL(url, encoded=True), data=up.body, headers=headers, timeout=timeout
+            )
             if resp.status >= 400:
                 try:
                     body = await resp.content.read(_MAX_ERROR_BODY)
@@ -223,6 +229,21 @@ class Upstream:
         return UpstreamStream(self.name, resp, decoder, self.adapter.framing)
 
     async def embed(self, emb: EmbeddingsInput, model: str, encoding_format: str) -> EmbeddingsResult:
+        batch: BatchEmbeddingsAdapter | None = (
+            self.adapter if hasattr(self.adapter, "encode_embeddings_batch") else None  # type: ignore[assignment]
+        )
+        if batch is not None:
+            with map_encode_errors():
+                ups = batch.encode_embeddings_batch(emb, model=model)
+            limit = asyncio.Semaphore(_EMBED_FANOUT)
+
+            async def one(up: UpstreamRequest) -> bytes:
+                async with limit:
+                    return await self._read(up)
+
+            bodies = await asyncio.gather(*(one(up) for up in ups))
+            with map_decode_errors(self.name):
+                return batch.decode_embeddings_batch(bodies, model=model, encoding_format=encoding_format)
         adapter = self.embeddings
         if adapter is None:
             raise UpstreamError(f"provider {self.name} has no embeddings API", upstream_status=400)

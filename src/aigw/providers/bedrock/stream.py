@@ -1,0 +1,184 @@
+"""ConverseStream events (from :class:`aigw.providers.eventstream.EventStreamParser`) → OpenAI chunks.
+
+A ConverseStream response is, per the API reference::
+
+    messageStart {role}
+    (contentBlockStart {start: {toolUse: {toolUseId, name}}, contentBlockIndex}     -- tool blocks only
+     contentBlockDelta {delta: {text} | {toolUse: {input: "<JSON fragment>"}}, contentBlockIndex} ...
+     contentBlockStop {contentBlockIndex}) ...
+    messageStop {stopReason}
+    metadata {usage, metrics}
+
+Text blocks usually arrive without a contentBlockStart. Exceptions can replace any event after the HTTP 200
+(``throttlingException``, ``modelStreamErrorException``, ``validationException``, ``internalServerException``,
+``serviceUnavailableException``); the parser hands them over as ``exception:<type>`` events.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import msgspec
+from msgspec import UNSET, UnsetType
+
+from aigw.errors import UpstreamError
+from aigw.providers.base import StreamIdentity, UpstreamEvent
+from aigw.providers.bedrock import wire
+from aigw.providers.bedrock.request import NO_TOOLS_PLACEHOLDER
+from aigw.providers.eventstream import ERROR_PREFIX, EXCEPTION_PREFIX
+from aigw.schema import chat as oa
+from aigw.schema.usage import Usage
+
+_START = wire.decoder(wire.ContentBlockStart)
+_DELTA = wire.decoder(wire.ContentBlockDelta)
+_STOP = wire.decoder(wire.ContentBlockStop)
+_MESSAGE_STOP = wire.decoder(wire.MessageStop)
+_METADATA = wire.decoder(wire.StreamMetadata)
+_EXCEPTION = wire.decoder(wire.ExceptionBody)
+
+
+def _malformed(event: str) -> UpstreamError:
+    return UpstreamError(f"Bedrock sent a malformed {event} event", upstream_status=502)
+
+
+def stream_exception(event: UpstreamEvent) -> UpstreamError:
+    """An ``exception:<type>`` / ``error:<code>`` event as a gateway error."""
+    assert event.type is not None
+    kind = event.type.partition(":")[2]
+    try:
+        message = _EXCEPTION.decode(event.data).text
+    except msgspec.DecodeError:
+        message = event.data[:200].decode("utf-8", "replace")
+    if event.type.startswith(ERROR_PREFIX):
+        # A protocol-level `:message-type: error` frame: not one of the API's modelled exceptions.
+        return UpstreamError(f"Bedrock stream error {kind}: {message}", upstream_status=502)
+    return wire.exception_error(kind, message, status=None)
+
+
+class BedrockStreamDecoder:
+    __slots__ = (
+        "_args_seen",
+        "_finish",
+        "_ident",
+        "_ignored",
+        "_include_usage",
+        "_metadata",
+        "_model",
+        "_started",
+        "_stopped",
+        "_tools",
+        "_usage",
+    )
+
+    def __init__(self, *, model: str, include_usage: bool, ident: StreamIdentity) -> None:
+        self._model = model
+        self._include_usage = include_usage
+        self._ident = ident
+        self._started = False  # a chunk went out, so the role has been sent
+        # contentBlockIndex → OpenAI tool_calls index. Bedrock numbers every content block (text blocks too), so a
+        # text block at 0 and calls at 1 and 2 must become tool calls 0 and 1 (parallel calls keep their order).
+        self._tools: dict[int, int] = {}
+        self._args_seen: set[int] = set()
+        self._ignored: set[int] = set()  # blocks of calls to the no-tools placeholder (see request.py)
+        self._finish: str | None = None
+        self._stopped = False
+        self._metadata = False
+        self._usage: Usage | None = None
+
+    @property
+    def usage(self) -> Usage | None:
+        return self._usage
+
+    @property
+    def response_model(self) -> str | None:
+        return self._model  # Converse does not name the model in its answer: it is the one asked for
+
+    @property
+    def finish_reason(self) -> str | None:
+        return self._finish
+
+    def _envelope(self, choices: list[oa.ChunkChoice], usage: oa.CompletionUsage | UnsetType | None) -> bytes:
+        return oa.encode(oa.ChatCompletionChunk(self._ident.id, self._ident.created, self._model, choices, usage))
+
+    def _chunk(self, delta: oa.Delta, finish: str | None = None) -> bytes:
+        if not self._started:
+            # The role rides on the first real chunk, never alone on messageStart: the gateway commits to a target
+            # at its first chunk, and an exception right after messageStart must still be able to fall back.
+            delta.role = "assistant"
+            self._started = True
+        return self._envelope([oa.ChunkChoice(0, delta, finish)], None if self._include_usage else UNSET)
+
+    def _tool_chunk(self, call: oa.ToolCallDelta) -> bytes:
+        return self._chunk(oa.Delta(tool_calls=[call]))
+
+    def feed(self, event: UpstreamEvent) -> Sequence[bytes]:
+        kind = event.type
+        if kind is not None and kind.startswith((EXCEPTION_PREFIX, ERROR_PREFIX)):
+            raise stream_exception(event)
+        try:
+            return self._feed(kind, event.data)
+        except msgspec.DecodeError:  # ValidationError is a DecodeError
+            raise _malformed(kind or "untyped") from None
+
+    def _feed(self, kind: str | None, data: bytes) -> Sequence[bytes]:
+        if kind == "contentBlockDelta":
+            ev = _DELTA.decode(data)
+            index = ev.content_block_index
+            if ev.delta.text:
+                return (self._chunk(oa.Delta(content=ev.delta.text)),)
+            if ev.delta.tool_use is not None:
+                if index in self._ignored:
+                    return ()
+                if index not in self._tools:
+                    raise UpstreamError("Bedrock sent tool input for a block it never started", upstream_status=502)
+                if not ev.delta.tool_use.input:
+                    return ()
+                self._args_seen.add(index)
+                fn = oa.ToolCallFunctionDelta(arguments=ev.delta.tool_use.input)
+                return (self._tool_chunk(oa.ToolCallDelta(index=self._tools[index], function=fn)),)
+            return ()  # reasoningContent, citations...: nothing OpenAI's chunk schema can carry
+        if kind == "contentBlockStart":
+            start = _START.decode(data)
+            tool = start.start.tool_use
+            if tool is None:
+                return ()
+            if start.content_block_index in self._tools or start.content_block_index in self._ignored:
+                raise UpstreamError("Bedrock started the same content block twice", upstream_status=502)
+            if tool.name == NO_TOOLS_PLACEHOLDER:
+                # The model called the tool it was told does not exist: the client offered no tools (or said
+                # tool_choice "none"), so it must not see a call.
+                self._ignored.add(start.content_block_index)
+                return ()
+            n = self._tools[start.content_block_index] = len(self._tools)
+            # The first chunk of a call carries its id, type, name and empty arguments, as OpenAI's do.
+            fn = oa.ToolCallFunctionDelta(name=tool.name, arguments="")
+            return (self._tool_chunk(oa.ToolCallDelta(index=n, id=tool.tool_use_id, type="function", function=fn)),)
+        if kind == "contentBlockStop":
+            index = _STOP.decode(data).content_block_index
+            if index in self._tools and index not in self._args_seen:
+                # A call without arguments streams no input at all; "{}" keeps the client's accumulated arguments
+                # valid JSON (what the non-streamed answer says for the same call).
+                self._args_seen.add(index)
+                fn = oa.ToolCallFunctionDelta(arguments="{}")
+                return (self._tool_chunk(oa.ToolCallDelta(index=self._tools[index], function=fn)),)
+            return ()
+        if kind == "messageStop":
+            stop = _MESSAGE_STOP.decode(data)
+            if self._stopped:
+                return ()
+            self._stopped = True
+            self._finish = wire.finish_reason(stop.stop_reason, tool_calls=bool(self._tools))
+            return (self._chunk(oa.Delta(), self._finish),)
+        if kind == "metadata":
+            meta = _METADATA.decode(data)
+            self._metadata = True
+            self._usage = (meta.usage or wire.TokenUsage()).normalized()
+            return ()
+        return ()  # messageStart (its role is merged into the first chunk) and event types added later
+
+    def finish(self) -> Sequence[bytes]:
+        if not self._stopped:
+            raise UpstreamError("Bedrock's stream ended before its messageStop event", upstream_status=502)
+        if not self._metadata or self._usage is None:
+            raise UpstreamError("Bedrock's stream ended before its metadata (usage) event", upstream_status=502)
+        return (self._envelope([], self._usage.to_openai()),) if self._include_usage else ()
