@@ -26,6 +26,7 @@ from aigw.metering import UsageRecorder
 from aigw.providers import build_upstream
 from aigw.providers.transport import close_session, make_session
 from aigw.routing import Router, Target
+from aigw.state.factory import TransitionCounter, make_breaker, make_redis
 from aigw.store.db import make_engine
 from aigw.store.tenants import TenantRepo
 from aigw.store.usage import UsageRepo
@@ -39,7 +40,7 @@ def _router(settings: Settings) -> Router:
     for p in settings.providers:
         if not p.enabled:
             log.warning("provider %s (%s) is disabled: its api_key is empty", p.name, p.type)
-    aliases = {m.name: [Target(t.provider, t.model) for t in m.targets] for m in settings.models}
+    aliases = {m.name: [Target(t.provider, t.model, t.retries) for t in m.targets] for m in settings.models}
     return Router(aliases, enabled)
 
 
@@ -68,12 +69,19 @@ def create_app(settings: Settings) -> Starlette:
             max_pending=settings.usage.max_pending,
         )
         upstreams = {p.name: build_upstream(p, session) for p in settings.providers if p.enabled}
+        redis = make_redis(settings.redis_url) if settings.redis_url else None
+        transitions = TransitionCounter()
+        breaker = make_breaker(settings, redis, transitions)
         keys = KeyCache()
         sync = KeySync(tenants, keys, settings.key_sync_interval_s)
         svc = Services(
             settings=settings,
             engine=engine,
-            gateway=Gateway(_router(settings), upstreams, recorder),
+            gateway=Gateway(
+                _router(settings), upstreams, recorder, breaker, request_timeout_s=settings.request_timeout_s
+            ),
+            redis=redis,
+            transitions=transitions,
             keys=keys,
             tenants=tenants,
             usage=usage,
@@ -96,6 +104,8 @@ def create_app(settings: Settings) -> Starlette:
             await recorder.stop()
             await close_session(session)
             await engine.dispose()
+            if redis is not None:
+                await redis.aclose()
 
     return Starlette(
         routes=routes(),

@@ -16,6 +16,7 @@
     └── UpstreamError                 (the upstream's status for request errors, else 502)
         ├── UpstreamTimeout           504     timeout
         ├── UpstreamUnreachable       502     upstream_unreachable    (refused / reset / DNS)
+        ├── CircuitOpen               502     circuit_open            (skipped without a call; never "timed out")
         └── AllTargetsFailed          502/504 upstream_error          (carries every attempt's error)
 
 ``UpstreamError.falls_back`` is the single fallback rule (contract, "Semantics"): 429, 5xx, timeouts, refused or
@@ -180,6 +181,13 @@ class UpstreamUnreachable(UpstreamError):
 
     def __init__(self, message: str, *, provider: str = "") -> None:
         super().__init__(message, upstream_status=None, provider=provider)
+
+
+class CircuitOpen(UpstreamError):
+    code = "circuit_open"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, upstream_status=None)
 
 
 class AllTargetsFailed(UpstreamError):

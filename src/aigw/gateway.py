@@ -1,8 +1,5 @@
 """Gateway: the use case. Chat, streamed chat and embeddings for an authenticated principal:
-resolve the model → call the upstream → meter. Imports no web framework.
-
-Fallback along a chain of targets, breakers, limits and the cache plug in here (issues 4-6); today an alias is
-served by its first target.
+resolve the model → run the chain of targets (fallback.py) → meter. Imports no web framework.
 """
 
 from __future__ import annotations
@@ -10,20 +7,25 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TypeVar
 
-from aigw.errors import AllTargetsFailed, ClientDisconnected, GatewayError, UpstreamError
+from aigw.errors import ClientDisconnected, GatewayError
+from aigw.fallback import Chain, ChainFailed
+from aigw.fallback import Served as ServedBy
 from aigw.metering import UsageRecorder
-from aigw.providers.base import ChatInput, EmbeddingsInput, StreamIdentity
+from aigw.providers.base import ChatInput, Completion, EmbeddingsInput, EmbeddingsResult, StreamIdentity
 from aigw.providers.transport import Upstream, UpstreamStream
 from aigw.routing import Router, Target
+from aigw.state import BreakerStore
 from aigw.schema.usage import Usage
 from aigw.store.usage import UsageRecord
 from aigw.tenancy import Principal
 
 CLIENT_CLOSED = ClientDisconnected.status
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -39,6 +41,7 @@ class CallContext:
 class Served:
     body: bytes
     provider: str
+    attempts: int  # targets called (x-aigw-attempts)
 
 
 def new_identity() -> StreamIdentity:
@@ -46,14 +49,21 @@ def new_identity() -> StreamIdentity:
 
 
 class Gateway:
-    def __init__(self, router: Router, upstreams: Mapping[str, Upstream], recorder: UsageRecorder) -> None:
+    def __init__(
+        self,
+        router: Router,
+        upstreams: Mapping[str, Upstream],
+        recorder: UsageRecorder,
+        breaker: BreakerStore,
+        *,
+        request_timeout_s: float = 120.0,
+    ) -> None:
         self.router = router
         self.upstreams = upstreams
+        self.breaker = breaker
         self._recorder = recorder
-
-    def _target(self, model: str) -> tuple[Target, Upstream]:
-        target = self.router.resolve(model)[0]
-        return target, self.upstreams[target.provider]
+        self._chain = Chain(upstreams, breaker)
+        self._request_timeout_s = request_timeout_s
 
     def _record(
         self,
@@ -87,79 +97,65 @@ class Gateway:
             )
         )
 
-    @staticmethod
-    def _as_final(target: Target, err: UpstreamError) -> UpstreamError:
-        # Failures that would fall through to the next target end the chain: report them as the chain's result.
-        return AllTargetsFailed([(target.key, err)]) if err.falls_back else err
-
-    async def chat(self, ctx: CallContext, chat: ChatInput) -> Served:
+    async def _run(self, ctx: CallContext, call: Callable[[Target, Upstream], Awaitable[T]]) -> ServedBy[T]:
+        """Resolve the model and run the chain; every failure is metered here, once, and re-raised with the
+        number of targets tried in its headers."""
         target: Target | None = None
         try:
-            target, upstream = self._target(ctx.model)
+            targets = self.router.resolve(ctx.model)
+            deadline = asyncio.get_running_loop().time() + self._request_timeout_s
             try:
-                completion = await upstream.chat(chat, target.model, new_identity())
-            except UpstreamError as err:
-                raise self._as_final(target, err) from None
+                return await self._chain.run(targets, deadline, call)
+            except ChainFailed as failed:
+                target = failed.target
+                failed.error.headers["x-aigw-attempts"] = str(failed.attempts)
+                raise failed.error from None
         except GatewayError as err:
             self._record(ctx, status=err.http_status, target=target, usage=None, error=err)
             raise
         except asyncio.CancelledError:  # the client went away (api.disconnect): still one ledger row
             self._record(ctx, status=CLIENT_CLOSED, target=target, usage=None)
             raise
-        self._record(ctx, status=200, target=target, usage=completion.usage)
-        return Served(completion.body, target.provider)
+
+    async def chat(self, ctx: CallContext, chat: ChatInput) -> Served:
+        async def call(target: Target, upstream: Upstream) -> Completion:
+            return await upstream.chat(chat, target.model, new_identity())
+
+        served = await self._run(ctx, call)
+        self._record(ctx, status=200, target=served.target, usage=served.value.usage)
+        return Served(served.value.body, served.target.provider, served.attempts)
 
     async def chat_stream(self, ctx: CallContext, chat: ChatInput) -> CommittedStream:
-        """Open the upstream stream and read up to its first chunk (the commit point): every failure before it
-        is still an ordinary error response; after it, failures become an in-stream error event."""
-        target: Target | None = None
-        try:
-            target, upstream = self._target(ctx.model)
-            stream: UpstreamStream | None = None
-            try:
-                stream = await upstream.open_stream(
-                    chat, target.model, new_identity(), include_usage=chat.request.wants_usage
-                )
-                first = await stream.next_chunk()
-            except UpstreamError as err:
-                if stream is not None:
-                    await stream.aclose()
-                raise self._as_final(target, err) from None
-            except asyncio.CancelledError:
-                if stream is not None:
-                    await asyncio.shield(stream.aclose())
-                raise
-        except GatewayError as err:
-            self._record(ctx, status=err.http_status, target=target, usage=None, error=err)
-            raise
-        except asyncio.CancelledError:
-            self._record(ctx, status=CLIENT_CLOSED, target=target, usage=None)
-            raise
-        return CommittedStream(self, ctx, target, stream, first)
+        """Open a stream on the first target that delivers a first chunk (the commit point): every failure before
+        it is an ordinary error and falls back; after it, failures become an in-stream error event."""
+        ident = new_identity()  # one id for the stream, whichever target ends up serving it
+
+        async def call(target: Target, upstream: Upstream) -> tuple[UpstreamStream, bytes]:
+            return await upstream.open_stream(chat, target.model, ident, include_usage=chat.request.wants_usage)
+
+        served = await self._run(ctx, call)
+        stream, first = served.value
+        return CommittedStream(self, ctx, served.target, stream, first, served.attempts)
 
     async def embed(self, ctx: CallContext, emb: EmbeddingsInput) -> Served:
-        target: Target | None = None
-        try:
-            target, upstream = self._target(ctx.model)
-            try:
-                result = await upstream.embed(emb, target.model, emb.request.encoding_format or "float")
-            except UpstreamError as err:
-                raise self._as_final(target, err) from None
-        except GatewayError as err:
-            self._record(ctx, status=err.http_status, target=target, usage=None, error=err)
-            raise
-        except asyncio.CancelledError:
-            self._record(ctx, status=CLIENT_CLOSED, target=target, usage=None)
-            raise
-        self._record(ctx, status=200, target=target, usage=result.usage)
-        return Served(result.body, target.provider)
+        fmt = emb.request.encoding_format or "float"
+
+        async def call(target: Target, upstream: Upstream) -> EmbeddingsResult:
+            return await upstream.embed(emb, target.model, fmt)
+
+        served = await self._run(ctx, call)
+        self._record(ctx, status=200, target=served.target, usage=served.value.usage)
+        return Served(served.value.body, served.target.provider, served.attempts)
 
 
 class CommittedStream:
     """A stream past its commit point. Iterate for chunk JSON; ``close`` exactly once with the outcome, which
     closes the upstream and meters the usage seen so far (whether the stream completed, failed or was abandoned)."""
 
-    def __init__(self, gw: Gateway, ctx: CallContext, target: Target, stream: UpstreamStream, first: bytes) -> None:
+    def __init__(
+        self, gw: Gateway, ctx: CallContext, target: Target, stream: UpstreamStream, first: bytes, attempts: int
+    ) -> None:
+        self.attempts = attempts
         self._gw = gw
         self._ctx = ctx
         self.target = target

@@ -13,6 +13,7 @@ from aigw.errors import ModelNotFound
 class Target:
     provider: str
     model: str
+    retries: int = 0  # extra attempts on this target before falling back (per alias target)
 
     @property
     def key(self) -> str:

@@ -306,7 +306,7 @@ def gateway_upstream(fake: FakeBedrock, signer: SigV4Signer, session: aiohttp.Cl
         base_url=cfg.endpoint_url or "",
         adapter=BedrockAdapter(default_max_tokens=cfg.default_max_tokens),
         signer=signer,
-        timeouts=Timeouts(connect_s=5, total_s=10),
+        timeouts=Timeouts(connect_s=5, total_s=10, first_byte_s=10, stream_s=30),
         session=session,
     )
 
@@ -317,9 +317,8 @@ async def test_through_the_gateway_transport(fake: FakeBedrock, signer: SigV4Sig
         upstream = gateway_upstream(fake, signer, session)
         completion = await upstream.chat(chat(HELLO), MODEL, IDENT)
         assert orjson.loads(completion.body)["choices"][0]["message"]["content"] == "Echo: hello there world"
-        opened = await upstream.open_stream(chat(HELLO), MODEL, IDENT, include_usage=True)
+        opened, first = await upstream.open_stream(chat(HELLO), MODEL, IDENT, include_usage=True)
         try:
-            first = await opened.next_chunk()
             rest = [chunk async for chunk in opened]
         finally:
             await opened.aclose()

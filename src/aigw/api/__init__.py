@@ -22,4 +22,5 @@ def routes() -> list[Route]:
         Route("/admin/tenants/{tenant_id}/keys", admin.create_key, methods=["POST"]),
         Route("/admin/tenants/{tenant_id}/usage", admin.tenant_usage, methods=["GET"]),
         Route("/admin/keys/{key_id}", admin.revoke_key, methods=["DELETE"]),
+        Route("/admin/providers", admin.list_providers, methods=["GET"]),
     ]

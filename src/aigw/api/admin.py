@@ -10,7 +10,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import asdict
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Any
 
@@ -199,3 +199,29 @@ async def tenant_usage(request: Request) -> Response:
     async with _db():
         summary = await svc.usage.tenant_usage(tenant.id)
     return _json(asdict(summary))
+
+
+async def list_providers(request: Request) -> Response:
+    """Every configured target's circuit: state, consecutive failures, last error, when it opened."""
+    svc = services(request)
+    require_admin(request, svc)
+    gw = svc.gateway
+    targets = {t.key: t for ts in gw.router.aliases.values() for t in ts}
+    health = await gw.breaker.snapshot(sorted(targets))
+    data = []
+    for h in health:
+        t = targets[h.key]
+        data.append(
+            {
+                "target": h.key,
+                "provider": t.provider,
+                "model": t.model,
+                "state": h.state.value,
+                "consecutive_failures": h.consecutive_failures,
+                "last_error": h.last_error,
+                "opened_at": datetime.fromtimestamp(h.opened_at, UTC).isoformat() if h.opened_at else None,
+                "recent": {"requests": h.window_requests, "failures": h.window_failures},
+                "transitions": svc.transitions.for_key(h.key),
+            }
+        )
+    return _json({"object": "list", "data": data})

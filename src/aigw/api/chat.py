@@ -30,10 +30,21 @@ async def chat_completions(request: Request) -> Response | ASGIApp:
     chat = ChatInput(req, raw)
     if req.stream:
         committed = await until_disconnect(request.receive, svc.gateway.chat_stream(ctx, chat))
-        return SSEResponse(committed, {"x-aigw-provider": committed.provider, "x-aigw-cache": CACHE_STATUS})
+        return SSEResponse(
+            committed,
+            {
+                "x-aigw-provider": committed.provider,
+                "x-aigw-attempts": str(committed.attempts),
+                "x-aigw-cache": CACHE_STATUS,
+            },
+        )
     served = await until_disconnect(request.receive, svc.gateway.chat(ctx, chat))
     return Response(
         served.body,
         media_type="application/json",
-        headers={"x-aigw-provider": served.provider, "x-aigw-cache": CACHE_STATUS},
+        headers={
+            "x-aigw-provider": served.provider,
+            "x-aigw-attempts": str(served.attempts),
+            "x-aigw-cache": CACHE_STATUS,
+        },
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 from dataclasses import dataclass
 
+from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.requests import Request
 
@@ -15,6 +16,7 @@ from aigw.gateway import Gateway
 from aigw.metering import UsageRecorder
 from aigw.store.tenants import TenantRepo
 from aigw.store.usage import UsageRepo
+from aigw.state.factory import TransitionCounter
 from aigw.tenancy import KeyCache, KeySync, Principal
 
 
@@ -29,6 +31,8 @@ class Services:
     recorder: UsageRecorder
     started_at: int
     key_sync: KeySync
+    redis: Redis | None
+    transitions: TransitionCounter
 
 
 def services(request: Request) -> Services:

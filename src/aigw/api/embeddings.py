@@ -23,4 +23,5 @@ async def embeddings(request: Request) -> Response:
     req = typed(raw, EmbeddingRequest)
     ctx = CallContext(principal, request_id(request), req.model, started)
     served = await until_disconnect(request.receive, svc.gateway.embed(ctx, EmbeddingsInput(req, raw)))
-    return Response(served.body, media_type="application/json", headers={"x-aigw-provider": served.provider})
+    headers = {"x-aigw-provider": served.provider, "x-aigw-attempts": str(served.attempts)}
+    return Response(served.body, media_type="application/json", headers=headers)

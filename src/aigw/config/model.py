@@ -14,8 +14,13 @@ class _Model(BaseModel):
 
 class _ProviderBase(_Model):
     name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")]
+    # Non-streaming: the whole exchange. Streaming: the longest silence between two chunks.
     timeout_s: Annotated[float, Field(gt=0)] = 60.0
     connect_timeout_s: Annotated[float, Field(gt=0)] = 10.0
+    # Response headers (non-streaming) or the first chunk (streaming) must arrive within this; default timeout_s.
+    first_byte_timeout_s: Annotated[float, Field(gt=0)] | None = None
+    # A whole stream, first chunk to last.
+    stream_timeout_s: Annotated[float, Field(gt=0)] = 600.0
 
 
 class OpenAIProvider(_ProviderBase):
@@ -74,6 +79,8 @@ ProviderConfig = Annotated[
 class Target(_Model):
     provider: str
     model: Annotated[str, Field(min_length=1)]
+    # Extra attempts on this target (jittered exponential back-off, honouring retry-after) before falling back.
+    retries: Annotated[int, Field(ge=0, le=5)] = 0
 
 
 class ModelAlias(_Model):
@@ -90,6 +97,10 @@ class CacheConfig(_Model):
 class BreakerConfig(_Model):
     failure_threshold: Annotated[int, Field(ge=1)] = 5
     cooldown_s: Annotated[float, Field(gt=0)] = 30.0
+    # Also open when failures / requests over `window_s` reach `failure_rate`, once `min_requests` were seen.
+    failure_rate: Annotated[float, Field(gt=0, le=1)] | None = None
+    window_s: Annotated[float, Field(gt=0)] = 60.0
+    min_requests: Annotated[int, Field(ge=1)] = 20
 
 
 class PriceOverride(_Model):
@@ -135,6 +146,9 @@ class Settings(_Model):
     database_url: str = "sqlite+aiosqlite:///./aigw.db"
     redis_url: str | None = None
     max_body_bytes: Annotated[int, Field(ge=1024)] = 10 * 1024 * 1024
+    # Deadline for serving a request across its whole chain of targets, retries and back-off included (for a
+    # stream: until its first chunk). Retries x timeouts can never exceed it.
+    request_timeout_s: Annotated[float, Field(gt=0)] = 120.0
     # How often keys/tenants changed by other processes are picked up (revocations on this process are immediate).
     key_sync_interval_s: Annotated[float, Field(gt=0)] = 1.0
     log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -89,6 +89,11 @@ def build_upstream(cfg: ProviderCfg, session: aiohttp.ClientSession) -> Upstream
         base_url=w.base_url,
         adapter=w.adapter,
         signer=w.signer,
-        timeouts=Timeouts(connect_s=cfg.connect_timeout_s, total_s=cfg.timeout_s),
+        timeouts=Timeouts(
+            connect_s=cfg.connect_timeout_s,
+            total_s=cfg.timeout_s,
+            first_byte_s=cfg.first_byte_timeout_s or cfg.timeout_s,
+            stream_s=cfg.stream_timeout_s,
+        ),
         session=session,
     )

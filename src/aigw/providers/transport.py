@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 
 import aiohttp
@@ -43,6 +43,18 @@ _EMBED_FANOUT = 8  # concurrent requests for one-text-per-call embedding APIs (b
 class Timeouts:
     connect_s: float
     total_s: float  # non-streaming: whole exchange; streaming: the longest silence between two reads
+    first_byte_s: float  # non-streaming: response headers; streaming: the first chunk
+    stream_s: float  # a whole stream
+
+
+@asynccontextmanager
+async def deadline(provider: str, seconds: float, what: str) -> AsyncIterator[None]:
+    """asyncio.timeout, reported as the gateway's UpstreamTimeout (which falls back and counts toward a 504)."""
+    try:
+        async with asyncio.timeout(seconds):
+            yield
+    except TimeoutError:
+        raise UpstreamTimeout(f"{provider} {what} within {seconds:g}s", provider=provider) from None
 
 
 @contextmanager
@@ -89,12 +101,22 @@ class UpstreamStream:
     """An open upstream stream. Iterate for serialized OpenAI chunks; ``aclose`` always (it drops the
     connection if the body was not read to the end, which is how an upstream learns the client went away)."""
 
-    def __init__(self, provider: str, resp: aiohttp.ClientResponse, decoder: StreamDecoder, framing: Framing) -> None:
+    def __init__(
+        self, provider: str, resp: aiohttp.ClientResponse, decoder: StreamDecoder, framing: Framing, limit_s: float
+    ) -> None:
         self._provider = provider
         self._resp = resp
         self.decoder = decoder
         self._parser = make_parser(framing)
         self._gen = self._chunks()
+        # The whole-stream bound: one timer that closes the connection (cheaper than a timeout per read).
+        self._limit_s = limit_s
+        self._expired = False
+        self._timer = asyncio.get_running_loop().call_later(limit_s, self._expire)
+
+    def _expire(self) -> None:
+        self._expired = True
+        self._resp.close()
 
     @property
     def usage(self) -> Usage | None:
@@ -118,15 +140,24 @@ class UpstreamStream:
         # Event by event, so chunks decoded before an error event in the same network read still go out first:
         # where the commit point falls must not depend on how TCP happened to split the upstream's bytes.
         feed, parser, provider = self.decoder.feed, self._parser, self._provider
-        with map_transport_errors(provider):
-            async for data in self._resp.content.iter_any():
-                with map_decode_errors(provider):
-                    events = parser.feed(data)
-                for event in events:
+        try:
+            with map_transport_errors(provider):
+                async for data in self._resp.content.iter_any():
                     with map_decode_errors(provider):
-                        chunks = feed(event)
-                    for chunk in chunks:
-                        yield chunk
+                        events = parser.feed(data)
+                    for event in events:
+                        with map_decode_errors(provider):
+                            chunks = feed(event)
+                        for chunk in chunks:
+                            yield chunk
+        except UpstreamError:
+            if self._expired:
+                raise UpstreamTimeout(
+                    f"{provider} stream did not finish within {self._limit_s:g}s", provider=provider
+                ) from None
+            raise
+        if self._expired:  # closed by the timer between two reads: the body "ended" early, it did not finish
+            raise UpstreamTimeout(f"{provider} stream did not finish within {self._limit_s:g}s", provider=provider)
         with map_decode_errors(provider):
             events = parser.close()
         for event in events:
@@ -140,6 +171,7 @@ class UpstreamStream:
             yield chunk
 
     async def aclose(self) -> None:
+        self._timer.cancel()
         try:
             await self._gen.aclose()
         finally:
@@ -166,7 +198,10 @@ class Upstream:
         self.adapter = adapter
         self._signer = signer
         self._session = session
-        self._timeout = aiohttp.ClientTimeout(total=timeouts.total_s, sock_connect=timeouts.connect_s)
+        self.timeouts = timeouts
+        # aiohttp bounds connecting (and, for streams, each silence between reads); the first byte and the whole
+        # exchange are bounded with asyncio timeouts so their errors can say which limit was hit.
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect_s)
         self._stream_timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=timeouts.connect_s, sock_read=timeouts.total_s
         )
@@ -205,12 +240,15 @@ class Upstream:
         return resp
 
     async def _read(self, up: UpstreamRequest) -> bytes:
-        resp = await self._send(up, self._timeout)
-        with map_transport_errors(self.name):
-            try:
-                return await resp.read()
-            finally:
-                resp.release()
+        t = self.timeouts
+        async with deadline(self.name, t.total_s, "did not answer"):
+            async with deadline(self.name, t.first_byte_s, "sent no response headers"):
+                resp = await self._send(up, self._timeout)
+            with map_transport_errors(self.name):
+                try:
+                    return await resp.read()
+                finally:
+                    resp.release()
 
     async def chat(self, chat: ChatInput, model: str, ident: StreamIdentity) -> Completion:
         with map_encode_errors():
@@ -221,12 +259,24 @@ class Upstream:
 
     async def open_stream(
         self, chat: ChatInput, model: str, ident: StreamIdentity, *, include_usage: bool
-    ) -> UpstreamStream:
+    ) -> tuple[UpstreamStream, bytes]:
+        """Open a stream and read its first chunk (the commit point): every failure up to here is an ordinary
+        error the caller may fall back on. Returns the stream and that first chunk."""
         with map_encode_errors():
             up = self.adapter.encode_chat(chat, model=model, stream=True)
-        resp = await self._send(up, self._stream_timeout)
-        decoder = self.adapter.stream_decoder(model=model, include_usage=include_usage, ident=ident)
-        return UpstreamStream(self.name, resp, decoder, self.adapter.framing)
+        t = self.timeouts
+        stream: UpstreamStream | None = None
+        try:
+            async with deadline(self.name, t.first_byte_s, "sent no first chunk"):
+                resp = await self._send(up, self._stream_timeout)
+                decoder = self.adapter.stream_decoder(model=model, include_usage=include_usage, ident=ident)
+                stream = UpstreamStream(self.name, resp, decoder, self.adapter.framing, t.stream_s)
+                first = await stream.next_chunk()
+        except BaseException:
+            if stream is not None:
+                await asyncio.shield(stream.aclose())
+            raise
+        return stream, first
 
     async def embed(self, emb: EmbeddingsInput, model: str, encoding_format: str) -> EmbeddingsResult:
         batch: BatchEmbeddingsAdapter | None = (

@@ -1,0 +1,228 @@
+"""The Redis breaker store: one hash per target, shared by every replica, changed only by atomic Lua scripts.
+
+Each acquire or release is ONE ``EVALSHA`` (loaded on ``NOSCRIPT``) of ``lua/breaker_acquire.lua`` or
+``lua/breaker_release.lua``, which run the rules of ``aigw.breaker`` with Redis ``TIME`` as the clock, so replicas
+with skewed clocks agree on cooldowns and leases. The rolling window lives in the same hash as a ring of buckets;
+every write refreshes the hash's TTL, so targets nobody uses any more expire.
+
+Redis trouble never reaches the caller. A failed or slow call (``op_timeout_s`` bounds it, whatever the client's own
+retry policy) is answered by the ``fallback`` memory store, and for ``retry_interval_s`` afterwards calls go straight
+to the fallback instead of paying a timeout each; then Redis is tried again, so recovery is automatic. Permits from
+the fallback are tagged (``Permit.local``) and go back to it. A Redis permit whose release fails is dropped: its
+verdict is lost, and if it was the trial, the lease frees the slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from importlib.resources import files
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import NoScriptError, RedisError
+
+from aigw.breaker import (
+    WINDOW_BUCKETS,
+    BreakerPolicy,
+    CircuitState,
+    Outcome,
+    Permit,
+    TargetHealth,
+    Transition,
+    bucket_index,
+    closed_health,
+    truncate_error,
+    window_totals,
+)
+from aigw.state.breaker_memory import MemoryBreakerStore
+
+__all__ = ["RedisBreakerStore"]
+
+log = logging.getLogger(__name__)
+
+_SNAPSHOT_FIELDS = ("st", "cf", "le", "oa", *(f"w{c}{i}" for i in range(WINDOW_BUCKETS) for c in "brf"))
+_STATES = {s.value: s for s in CircuitState}
+
+
+@dataclass(frozen=True, slots=True)
+class _Script:
+    source: str
+    sha: str
+
+    @classmethod
+    def load(cls, name: str) -> _Script:
+        source = files("aigw.state").joinpath("lua", name).read_text(encoding="utf-8")
+        # EVALSHA names a script by the SHA-1 of its text: computed here, the server need not be asked.
+        return cls(source, hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest())
+
+
+def _text(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return bytes(value).decode("utf-8", "replace")  # clients without decode_responses return bytes
+
+
+class RedisBreakerStore:
+    def __init__(
+        self,
+        redis: Redis,
+        policy: BreakerPolicy,
+        *,
+        prefix: str = "aigw:cb:",
+        fallback: MemoryBreakerStore,
+        on_transition: Transition | None = None,
+        clock: Callable[[], float] | None = None,
+        ttl_s: int | None = None,
+        op_timeout_s: float = 0.25,
+        retry_interval_s: float = 1.0,
+        warn_interval_s: float = 30.0,
+    ) -> None:
+        """``clock`` is for tests only: it replaces Redis TIME in the scripts (leave it None in production, where
+        replicas must share one clock). ``ttl_s`` defaults to an hour, or longer if the policy needs it."""
+        self._redis = redis
+        self.policy = policy
+        self._prefix = prefix
+        self._fallback = fallback
+        self._on_transition = on_transition
+        self._clock = clock
+        self._op_timeout_s = op_timeout_s
+        self._retry_interval_s = retry_interval_s
+        self._warn_interval_s = warn_interval_s
+        self.ttl_s = ttl_s or math.ceil(
+            max(3600.0, 2 * (policy.cooldown_s + policy.trial_lease_s), 2 * policy.window_s)
+        )
+        self._acquire_script = _Script.load("breaker_acquire.lua")
+        self._release_script = _Script.load("breaker_release.lua")
+        rate = "" if policy.failure_rate is None else repr(policy.failure_rate)
+        # Release's policy arguments never change: build them once.
+        self._release_tail = (
+            policy.failure_threshold,
+            rate,
+            policy.min_requests,
+            repr(policy.bucket_s),
+            WINDOW_BUCKETS,
+            self.ttl_s,
+        )
+        self._acquire_tail = (repr(policy.cooldown_s), repr(policy.trial_lease_s), self.ttl_s)
+        self.degraded_calls = 0  # calls answered by the fallback because Redis failed or was being skipped
+        self.redis_errors = 0  # Redis calls that failed (the rest of degraded_calls skipped Redis during back-off)
+        self._skip_until = -math.inf  # monotonic: go straight to the fallback until then
+        self._next_warning = -math.inf
+
+    @property
+    def degraded(self) -> bool:
+        """True while calls go to the fallback without trying Redis (after a recent failure)."""
+        return time.monotonic() < self._skip_until
+
+    async def acquire(self, key: str) -> Permit | None:
+        if not self.degraded:
+            try:
+                allowed, epoch, trial, moved = await self._eval(
+                    self._acquire_script, key, self._now(), *self._acquire_tail
+                )
+            except (RedisError, OSError, TimeoutError) as exc:
+                self._degrade(exc)
+            else:
+                if moved and self._on_transition is not None:
+                    self._on_transition(key, CircuitState.OPEN, CircuitState.HALF_OPEN)
+                return Permit(key, bool(trial), int(epoch)) if allowed else None
+        self.degraded_calls += 1
+        return await self._fallback.acquire(key)
+
+    async def release(self, permit: Permit, outcome: Outcome, error: str | None = None) -> None:
+        if permit.local:
+            await self._fallback.release(permit, outcome, error)
+            return
+        if self.degraded:
+            self.degraded_calls += 1  # a Redis permit, Redis unreachable: the verdict is dropped (see module doc)
+            return
+        args = (self._now(), outcome.value, permit.epoch, int(permit.trial), truncate_error(error) or "")
+        try:
+            moved = await self._eval(self._release_script, permit.key, *args, *self._release_tail)
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._degrade(exc)
+            self.degraded_calls += 1
+            return
+        if moved and self._on_transition is not None:
+            before, after = (_STATES[_text(s) or ""] for s in moved)
+            self._on_transition(permit.key, before, after)
+
+    async def snapshot(self, keys: Iterable[str]) -> list[TargetHealth]:
+        keys = list(keys)
+        if not self.degraded:
+            try:
+                return await self._snapshot(keys)
+            except (RedisError, OSError, TimeoutError) as exc:
+                self._degrade(exc)
+        self.degraded_calls += 1
+        return await self._fallback.snapshot(keys)
+
+    async def _snapshot(self, keys: Sequence[str]) -> list[TargetHealth]:
+        async with asyncio.timeout(self._op_timeout_s):
+            # Not hot (admin only): plain reads in one round trip, window summed here with the server's clock.
+            pipe = self._redis.pipeline(transaction=False)
+            if self._clock is None:
+                pipe.time()
+            for key in keys:
+                pipe.hmget(self._prefix + key, _SNAPSHOT_FIELDS)
+            replies = await pipe.execute()
+        if self._clock is None:
+            seconds, micros = replies.pop(0)
+            now = seconds + micros / 1_000_000
+        else:
+            now = self._clock()
+        current = bucket_index(now, self.policy)
+        return [self._health(key, [_text(v) for v in reply], current) for key, reply in zip(keys, replies, strict=True)]
+
+    @staticmethod
+    def _health(key: str, v: list[str | None], current: int) -> TargetHealth:
+        state, cf, last_error, opened_at, *window = v
+        if state is None and cf is None:
+            return closed_health(key)  # no hash: never failed, or expired
+        buckets = [
+            (int(index), int(r or 0), int(f or 0))
+            for index, r, f in zip(window[0::3], window[1::3], window[2::3], strict=True)
+            if index is not None
+        ]
+        requests, failures = window_totals(buckets, current)
+        return TargetHealth(
+            key,
+            _STATES[state or "closed"],  # no st field: never left closed
+            int(cf or 0),
+            last_error,
+            float(opened_at) if opened_at is not None else None,
+            requests,
+            failures,
+        )
+
+    def _now(self) -> str:
+        # "" makes the script read Redis TIME; repr keeps a test clock's float exact.
+        return "" if self._clock is None else repr(self._clock())
+
+    async def _eval(self, script: _Script, key: str, *args: str | int) -> Any:
+        name = self._prefix + key
+        async with asyncio.timeout(self._op_timeout_s):
+            try:
+                return await self._redis.evalsha(script.sha, 1, name, *args)
+            except NoScriptError:
+                # First use on this server, or after a restart / SCRIPT FLUSH: load it once, then run it again.
+                await self._redis.script_load(script.source)
+                return await self._redis.evalsha(script.sha, 1, name, *args)
+
+    def _degrade(self, exc: BaseException) -> None:
+        self.redis_errors += 1
+        now = time.monotonic()
+        self._skip_until = now + self._retry_interval_s
+        if now >= self._next_warning:
+            self._next_warning = now + self._warn_interval_s
+            log.warning(
+                "circuit breaker: Redis unavailable (%r); using this replica's local state, retrying every %.1f s",
+                exc,
+                self._retry_interval_s,
+            )

@@ -1,0 +1,59 @@
+"""Builds the shared-state backends from settings: in-process by default, Redis when ``redis_url`` is set."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from aigw.breaker import BreakerPolicy, CircuitState
+from aigw.config import Settings
+from aigw.state import BreakerStore
+from aigw.state.breaker_memory import MemoryBreakerStore
+from aigw.state.breaker_redis import RedisBreakerStore
+
+# Short socket timeouts: a slow or dead Redis must degrade the gateway to local state, not stall requests.
+REDIS_SOCKET_TIMEOUT_S = 0.25
+
+
+class TransitionCounter:
+    """Circuit state changes per (target, new state): shown by /admin/providers (exported as metrics later)."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[tuple[str, str]] = Counter()
+
+    def __call__(self, key: str, old: CircuitState, new: CircuitState) -> None:
+        self.counts[(key, new.value)] += 1
+
+    def for_key(self, key: str) -> dict[str, int]:
+        return {state: n for (k, state), n in self.counts.items() if k == key}
+
+
+def make_redis(url: str) -> Redis:
+    # No client-side retries: redis-py's default retries with back-off would turn a Redis outage into seconds of
+    # latency per request; every caller has its own fallback to local state instead.
+    client: Redis = Redis.from_url(
+        url,
+        socket_timeout=REDIS_SOCKET_TIMEOUT_S,
+        socket_connect_timeout=REDIS_SOCKET_TIMEOUT_S,
+        retry=Retry(NoBackoff(), 0),
+    )
+    return client
+
+
+def make_breaker(settings: Settings, redis: Redis | None, on_transition: TransitionCounter) -> BreakerStore:
+    cb = settings.circuit_breaker
+    policy = BreakerPolicy(
+        failure_threshold=cb.failure_threshold,
+        cooldown_s=cb.cooldown_s,
+        failure_rate=cb.failure_rate,
+        window_s=cb.window_s,
+        min_requests=cb.min_requests,
+        trial_lease_s=settings.request_timeout_s + 5.0,  # a trial outlives no request deadline
+    )
+    local = MemoryBreakerStore(policy, on_transition=on_transition)
+    if redis is None:
+        return local
+    return RedisBreakerStore(redis, policy, fallback=local, on_transition=on_transition)
