@@ -19,8 +19,8 @@ from aigw.metering import UsageRecorder
 from aigw.providers.base import ChatInput, Completion, EmbeddingsInput, EmbeddingsResult, StreamIdentity
 from aigw.providers.transport import Upstream, UpstreamStream
 from aigw.routing import Router, Target
-from aigw.state import BreakerStore
 from aigw.schema.usage import Usage
+from aigw.state import BreakerStore
 from aigw.store.usage import UsageRecord
 from aigw.tenancy import Principal
 

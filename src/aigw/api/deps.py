@@ -14,9 +14,9 @@ from aigw.config import Settings
 from aigw.errors import Unauthorized
 from aigw.gateway import Gateway
 from aigw.metering import UsageRecorder
+from aigw.state.factory import TransitionCounter
 from aigw.store.tenants import TenantRepo
 from aigw.store.usage import UsageRepo
-from aigw.state.factory import TransitionCounter
 from aigw.tenancy import KeyCache, KeySync, Principal
 
 
