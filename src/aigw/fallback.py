@@ -82,13 +82,17 @@ class Chain:
                 if not tried:
                     tried, called = True, called + 1
                 try:
-                    try:
-                        async with asyncio.timeout(remaining):
-                            value = await call(target, upstream)
-                    except TimeoutError:
-                        raise UpstreamTimeout(
-                            f"request deadline reached while waiting for {target.provider}", provider=target.provider
-                        ) from None
+                    if remaining >= upstream.attempt_bound_s:
+                        value = await call(target, upstream)  # its own timeouts end it before the deadline
+                    else:
+                        try:
+                            async with asyncio.timeout(remaining):
+                                value = await call(target, upstream)
+                        except TimeoutError:
+                            raise UpstreamTimeout(
+                                f"request deadline reached while waiting for {target.provider}",
+                                provider=target.provider,
+                            ) from None
                 except UpstreamError as err:
                     if not err.falls_back:  # the client's request is at fault: no verdict on the target
                         await self._breaker.release(permit, Outcome.NEUTRAL)

@@ -199,9 +199,13 @@ class Upstream:
         self._signer = signer
         self._session = session
         self.timeouts = timeouts
-        # aiohttp bounds connecting (and, for streams, each silence between reads); the first byte and the whole
-        # exchange are bounded with asyncio timeouts so their errors can say which limit was hit.
-        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect_s)
+        # Streamed: aiohttp bounds connecting and each silence between reads; the first chunk is bounded with an
+        # asyncio timeout (it spans several reads) and the whole stream with one timer (UpstreamStream).
+        # Non-streamed: aiohttp's own timers (one per request) bound connect, each read (the first one is the
+        # response headers) and the whole exchange.
+        self._timeout = aiohttp.ClientTimeout(
+            total=timeouts.total_s, sock_connect=timeouts.connect_s, sock_read=timeouts.first_byte_s
+        )
         self._stream_timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=timeouts.connect_s, sock_read=timeouts.total_s
         )
@@ -239,16 +243,19 @@ class Upstream:
                 raise err
         return resp
 
-    async def _read(self, up: UpstreamRequest) -> bytes:
+    @property
+    def attempt_bound_s(self) -> float:
+        """The longest one attempt can take before its own timeouts end it (the chain's deadline need not)."""
         t = self.timeouts
-        async with deadline(self.name, t.total_s, "did not answer"):
-            async with deadline(self.name, t.first_byte_s, "sent no response headers"):
-                resp = await self._send(up, self._timeout)
-            with map_transport_errors(self.name):
-                try:
-                    return await resp.read()
-                finally:
-                    resp.release()
+        return max(t.total_s, t.first_byte_s) + t.connect_s
+
+    async def _read(self, up: UpstreamRequest) -> bytes:
+        resp = await self._send(up, self._timeout)
+        with map_transport_errors(self.name):
+            try:
+                return await resp.read()
+            finally:
+                resp.release()
 
     async def chat(self, chat: ChatInput, model: str, ident: StreamIdentity) -> Completion:
         with map_encode_errors():
