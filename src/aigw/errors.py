@@ -195,10 +195,14 @@ class AllTargetsFailed(UpstreamError):
 
     def __init__(self, failures: Sequence[tuple[str, UpstreamError]]) -> None:
         parts = [f"{target}: {err.message}" for target, err in failures]
+        # When every target asked the client to wait (429/529 with retry-after), pass the shortest wait on.
+        waits = [e.retry_after for _, e in failures if e.retry_after is not None]
+        retry_after = min(waits) if failures and len(waits) == len(failures) else None
         super().__init__(
             "all upstream targets failed: " + "; ".join(parts),
             upstream_status=None,
             code="all_targets_failed",
+            retry_after=retry_after,
         )
         self.failures = list(failures)
 

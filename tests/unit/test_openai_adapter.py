@@ -100,3 +100,36 @@ def test_error_decoding_and_fallback_rule(status: int, falls_back: bool, client_
 def test_error_with_non_json_body() -> None:
     err = OpenAIAdapter().decode_error(502, b"<html>bad gateway</html>", {})
     assert err.message == "upstream returned HTTP 502" and err.falls_back
+
+
+ROLE = (
+    b'data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"m",'
+    b'"choices":[{"index":0,"delta":{"role":"assistant","content":"","refusal":null},"finish_reason":null}]}\n\n'
+)
+
+
+def test_role_only_opening_chunk_is_held_until_content() -> None:
+    # An error right after OpenAI's opening role chunk must still come before the commit point (ADR 0003).
+    dec = OpenAIAdapter().stream_decoder(model="m", include_usage=False, ident=IDENT)
+    parser = SSEParser()
+    (role,) = parser.feed(ROLE)
+    assert dec.feed(role) == ()
+    (err,) = parser.feed(b'data: {"error": {"message": "overloaded", "type": "server_error"}}\n\n')
+    with pytest.raises(UpstreamError, match="overloaded"):
+        dec.feed(err)
+
+
+def test_held_role_chunk_is_released_with_the_first_content() -> None:
+    transcript = (FIX / "stream_usage.sse").read_bytes()
+    dec = OpenAIAdapter().stream_decoder(model="gpt-4o", include_usage=False, ident=IDENT)
+    parser = SSEParser()
+    emitted = [dec.feed(ev) for ev in parser.feed(transcript)]
+    assert len(emitted[0]) == 0 and len(emitted[1]) == 2  # role chunk + "Hello", released together
+    assert orjson.loads(emitted[1][0])["choices"][0]["delta"]["role"] == "assistant"
+
+
+def test_role_only_stream_still_emits_its_chunk_at_the_end() -> None:
+    dec = OpenAIAdapter().stream_decoder(model="m", include_usage=False, ident=IDENT)
+    parser = SSEParser()
+    out = [c for ev in parser.feed(ROLE + b"data: [DONE]\n\n") for c in dec.feed(ev)]
+    assert out == [] and len(dec.finish()) == 1

@@ -26,8 +26,9 @@ def error_headers(err: GatewayError) -> dict[str, str]:
     if isinstance(err, UpstreamError):
         if err.provider:
             headers.setdefault("x-aigw-provider", err.provider)
-        # Only a request error passed through carries the upstream's retry hint; a 502 does not.
-        if err.retry_after is not None and not err.falls_back:
+        # An upstream's wait hint reaches the client: a passed-through request error's, or the shortest one when
+        # every target of the chain was throttled (AllTargetsFailed).
+        if err.retry_after is not None:
             headers.setdefault("retry-after", str(max(1, round(err.retry_after))))
     return headers
 

@@ -99,14 +99,21 @@ class StreamDecoder(Protocol):
 
 
 class ChatAdapter(Protocol):
+    """``single_tool_call``: the client sent ``parallel_tool_calls: false``; an adapter whose upstream cannot be told
+    so keeps only the first tool call of a response (OpenAI and Anthropic enforce it upstream)."""
+
     @property
     def framing(self) -> Framing: ...
 
     def encode_chat(self, chat: ChatInput, *, model: str, stream: bool) -> UpstreamRequest: ...
 
-    def decode_chat(self, body: bytes, *, model: str, ident: StreamIdentity) -> Completion: ...
+    def decode_chat(
+        self, body: bytes, *, model: str, ident: StreamIdentity, single_tool_call: bool = False
+    ) -> Completion: ...
 
-    def stream_decoder(self, *, model: str, include_usage: bool, ident: StreamIdentity) -> StreamDecoder: ...
+    def stream_decoder(
+        self, *, model: str, include_usage: bool, ident: StreamIdentity, single_tool_call: bool = False
+    ) -> StreamDecoder: ...
 
     def decode_error(self, status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamError: ...
 

@@ -356,7 +356,9 @@ class OllamaAdapter:
             body["keep_alive"] = self._keep_alive
         return UpstreamRequest("/api/chat", orjson.dumps(body), _JSON)
 
-    def decode_chat(self, body: bytes, *, model: str, ident: StreamIdentity) -> Completion:
+    def decode_chat(
+        self, body: bytes, *, model: str, ident: StreamIdentity, single_tool_call: bool = False
+    ) -> Completion:
         obj = _loads(body)
         if "error" in obj:
             raise UpstreamError(f"Ollama error: {obj['error']}", upstream_status=502)
@@ -377,7 +379,9 @@ class OllamaAdapter:
         )
         return Completion(body=oa.encode(out), usage=usage, response_model=rmodel, finish_reason=finish)
 
-    def stream_decoder(self, *, model: str, include_usage: bool, ident: StreamIdentity) -> StreamDecoder:
+    def stream_decoder(
+        self, *, model: str, include_usage: bool, ident: StreamIdentity, single_tool_call: bool = False
+    ) -> StreamDecoder:
         return OllamaStreamDecoder(model=model, include_usage=include_usage, ident=ident)
 
     def decode_error(self, status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamError:

@@ -262,7 +262,9 @@ class Upstream:
             up = self.adapter.encode_chat(chat, model=model, stream=False)
         body = await self._read(up)
         with map_decode_errors(self.name):
-            return self.adapter.decode_chat(body, model=model, ident=ident)
+            return self.adapter.decode_chat(
+                body, model=model, ident=ident, single_tool_call=chat.request.parallel_tool_calls is False
+            )
 
     async def open_stream(
         self, chat: ChatInput, model: str, ident: StreamIdentity, *, include_usage: bool
@@ -276,7 +278,12 @@ class Upstream:
         try:
             async with deadline(self.name, t.first_byte_s, "sent no first chunk"):
                 resp = await self._send(up, self._stream_timeout)
-                decoder = self.adapter.stream_decoder(model=model, include_usage=include_usage, ident=ident)
+                decoder = self.adapter.stream_decoder(
+                    model=model,
+                    include_usage=include_usage,
+                    ident=ident,
+                    single_tool_call=chat.request.parallel_tool_calls is False,
+                )
                 stream = UpstreamStream(self.name, resp, decoder, self.adapter.framing, t.stream_s)
                 first = await stream.next_chunk()
         except BaseException:

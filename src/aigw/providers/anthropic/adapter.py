@@ -108,7 +108,9 @@ class AnthropicAdapter:
         # OpenAI-only fields. They only tune sampling; refusing them would break clients that always send them.
         return UpstreamRequest("/v1/messages", orjson.dumps(body), self._headers)
 
-    def decode_chat(self, body: bytes, *, model: str, ident: StreamIdentity) -> Completion:
+    def decode_chat(
+        self, body: bytes, *, model: str, ident: StreamIdentity, single_tool_call: bool = False
+    ) -> Completion:
         try:
             msg = wire.decode_message(body)
         except (msgspec.DecodeError, msgspec.ValidationError):
@@ -139,7 +141,9 @@ class AnthropicAdapter:
         )
         return Completion(body=oa.encode(out), usage=usage, response_model=rmodel, finish_reason=finish)
 
-    def stream_decoder(self, *, model: str, include_usage: bool, ident: StreamIdentity) -> StreamDecoder:
+    def stream_decoder(
+        self, *, model: str, include_usage: bool, ident: StreamIdentity, single_tool_call: bool = False
+    ) -> StreamDecoder:
         return AnthropicStreamDecoder(model=model, include_usage=include_usage, ident=ident)
 
     def decode_error(self, status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamError:

@@ -66,7 +66,9 @@ class BedrockAdapter:
         path = model_path(model, "converse-stream" if stream else "converse")
         return UpstreamRequest(path, orjson.dumps(body), _JSON)
 
-    def decode_chat(self, body: bytes, *, model: str, ident: StreamIdentity) -> Completion:
+    def decode_chat(
+        self, body: bytes, *, model: str, ident: StreamIdentity, single_tool_call: bool = False
+    ) -> Completion:
         try:
             resp = _RESPONSE.decode(body)
         except msgspec.DecodeError:
@@ -98,7 +100,9 @@ class BedrockAdapter:
         )
         return Completion(body=oa.encode(out), usage=usage, response_model=model, finish_reason=finish)
 
-    def stream_decoder(self, *, model: str, include_usage: bool, ident: StreamIdentity) -> StreamDecoder:
+    def stream_decoder(
+        self, *, model: str, include_usage: bool, ident: StreamIdentity, single_tool_call: bool = False
+    ) -> StreamDecoder:
         return BedrockStreamDecoder(model=model, include_usage=include_usage, ident=ident)
 
     def decode_error(self, status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamError:

@@ -38,8 +38,23 @@ def usage_from_openai(u: Any) -> Usage | None:
     )
 
 
+def _substantive(choices: Any) -> bool:
+    """Does this chunk carry anything but the opening role (content, a tool call, a refusal, a finish)?"""
+    for c in choices:
+        if not isinstance(c, dict):
+            continue
+        if c.get("finish_reason"):
+            return True
+        d = c.get("delta")
+        if isinstance(d, dict) and (
+            d.get("content") or d.get("tool_calls") or d.get("refusal") or d.get("function_call")
+        ):
+            return True
+    return False
+
+
 class OpenAIStreamDecoder:
-    __slots__ = ("_done", "_finish_reason", "_include_usage", "_model", "_usage")
+    __slots__ = ("_done", "_finish_reason", "_held", "_include_usage", "_model", "_started", "_usage")
 
     def __init__(self, include_usage: bool) -> None:
         self._include_usage = include_usage
@@ -47,6 +62,10 @@ class OpenAIStreamDecoder:
         self._model: str | None = None
         self._finish_reason: str | None = None
         self._done = False
+        # OpenAI opens with {"role": "assistant", "content": ""}. Held back until something real follows, so that
+        # an error right after it still comes before the commit point (ADR 0003) and can fall back.
+        self._started = False
+        self._held: list[bytes] = []
 
     @property
     def usage(self) -> Usage | None:
@@ -89,12 +108,20 @@ class OpenAIStreamDecoder:
             self._usage = usage_from_openai(u)
             if not choices and not self._include_usage:
                 return ()  # the usage chunk the gateway asked for on its own account
-        return (data,)
+        if self._started:
+            return (data,)
+        if choices and not _substantive(choices):
+            self._held.append(data)
+            return ()
+        self._started = True
+        held, self._held = self._held, []
+        return (*held, data)
 
     def finish(self) -> Sequence[bytes]:
         if not self._done:
             raise UpstreamError("upstream stream ended before [DONE]", upstream_status=502)
-        return ()
+        held, self._held = self._held, []
+        return held
 
 
 def decode_openai_error(status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamError:
@@ -135,7 +162,9 @@ class OpenAIAdapter:
             )
         return UpstreamRequest("/chat/completions", orjson.dumps(body), _JSON)
 
-    def decode_chat(self, body: bytes, *, model: str, ident: StreamIdentity) -> Completion:
+    def decode_chat(
+        self, body: bytes, *, model: str, ident: StreamIdentity, single_tool_call: bool = False
+    ) -> Completion:
         try:
             parsed = orjson.loads(body)
         except orjson.JSONDecodeError:
@@ -152,7 +181,9 @@ class OpenAIAdapter:
             finish_reason=finish,
         )
 
-    def stream_decoder(self, *, model: str, include_usage: bool, ident: StreamIdentity) -> OpenAIStreamDecoder:
+    def stream_decoder(
+        self, *, model: str, include_usage: bool, ident: StreamIdentity, single_tool_call: bool = False
+    ) -> OpenAIStreamDecoder:
         return OpenAIStreamDecoder(include_usage)
 
     def decode_error(self, status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamError:
