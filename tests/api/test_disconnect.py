@@ -7,11 +7,9 @@ import socket
 
 import pytest
 
-from tests.api.conftest import TenantKey
-from tests.api.test_streams_faults import wait_for_ledger
+from tests.api.conftest import Stack, TenantKey
+from tests.api.test_streams_faults import bedrock_signed, make_case, wait_for_ledger  # noqa: F401 - autouse
 from tests.fakes import faults
-from tests.fakes.ollama_fake import FakeOllama
-from tests.fakes.openai_fake import FakeOpenAI
 from tests.support.gateway import RunningGateway
 
 
@@ -26,12 +24,12 @@ def raw_request(gw: RunningGateway, key: str, body: dict[str, object]) -> socket
     return sock
 
 
-@pytest.mark.parametrize("model", ["gpt", "llama"])
+@pytest.mark.parametrize("model", ["gpt", "llama", "claude", "bedrock"])
 @pytest.mark.parametrize("stream", [False, True])
 def test_client_leaving_cancels_upstream(
-    model: str, stream: bool, gw: RunningGateway, tenant: TenantKey, oai: FakeOpenAI, olla: FakeOllama
+    model: str, stream: bool, gw: RunningGateway, tenant: TenantKey, stack: Stack
 ) -> None:
-    fake: FakeOpenAI | FakeOllama = oai if model == "gpt" else olla
+    fake = make_case(model, stack).fake
     fake.inject(faults.hang())  # the upstream never answers: only the client's departure can end this
     sock = raw_request(
         gw, tenant.key, {"model": model, "messages": [{"role": "user", "content": "hi"}], "stream": stream}

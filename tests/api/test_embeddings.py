@@ -1,5 +1,6 @@
-"""Embeddings end to end: the official openai SDK → the real gateway → fake OpenAI (/v1/embeddings) and fake Ollama
-(native /api/embed). Both aliases must look the same to an unchanged client, in both encodings."""
+"""Embeddings end to end: the official openai SDK → the real gateway → fake OpenAI (/v1/embeddings), fake Ollama
+(native /api/embed) and fake Bedrock (Titan V2 through InvokeModel, one text per call: the transport fans a list
+out). All aliases must look the same to an unchanged client, in both encodings."""
 
 from __future__ import annotations
 
@@ -12,21 +13,24 @@ import httpx
 import openai
 import pytest
 
-from tests.api.conftest import TenantKey
-from tests.fakes import text
+from tests.api.conftest import Stack, TenantKey
+from tests.api.test_streams_faults import bedrock_signed  # noqa: F401 - autouse: no SigV4 rejection, ever
+from tests.fakes import faults, text
+from tests.fakes.faults import RecordedRequest
 from tests.fakes.ollama_fake import FakeOllama
 from tests.fakes.openai_fake import FakeOpenAI
 from tests.support.gateway import RunningGateway
 from tests.support.openapi import validate
 
-ALIASES = {"emb-oai": "oai", "emb-local": "local"}
+ALIASES = {"emb-oai": "oai", "emb-local": "local", "emb-titan": "aws"}
+TITAN_DIM = 1024  # Titan Text Embeddings V2's default (the gateway sends no `dimensions` unless asked)
 INPUTS = ["the quick brown fox", "jumps over", "the lazy dog today"]
 
 pytestmark = pytest.mark.parametrize("alias", sorted(ALIASES))
 
 
 def dim_of(alias: str, oai: FakeOpenAI, olla: FakeOllama) -> int:
-    return oai.embedding_dim if ALIASES[alias] == "oai" else olla.embedding_dim
+    return {"oai": oai.embedding_dim, "local": olla.embedding_dim, "aws": TITAN_DIM}[ALIASES[alias]]
 
 
 def expected(seed: str, dim: int) -> list[float]:
@@ -39,9 +43,16 @@ def decode_b64(value: str) -> list[float]:
     return list(struct.unpack(f"<{len(raw) // 4}f", raw))
 
 
-def upstream_calls(alias: str, oai: FakeOpenAI, olla: FakeOllama) -> int:
+def titan_calls(stack: Stack) -> list[RecordedRequest]:
+    return stack.brk.requests_to("/model/amazon.titan-embed-text-v2:0/invoke")
+
+
+def upstream_calls(alias: str, oai: FakeOpenAI, olla: FakeOllama, stack: Stack | None = None) -> int:
     if ALIASES[alias] == "oai":
         return len(oai.requests_to("/v1/embeddings"))
+    if ALIASES[alias] == "aws":
+        assert stack is not None
+        return len(titan_calls(stack))
     return len(olla.requests_to("/api/embed"))
 
 
@@ -96,12 +107,19 @@ def test_sdk_default_base64_and_float_agree(
 
 
 def test_list_input_one_embedding_per_item(
-    alias: str, client: openai.OpenAI, oai: FakeOpenAI, olla: FakeOllama
+    alias: str, client: openai.OpenAI, oai: FakeOpenAI, olla: FakeOllama, stack: Stack
 ) -> None:
     dim = dim_of(alias, oai, olla)
     want = [expected(seed, dim) for seed in INPUTS]
+    calls = 0
     for fmt in (openai.omit, "base64", "float"):
         raw = client.embeddings.with_raw_response.create(model=alias, input=INPUTS, encoding_format=fmt)
+        # Titan embeds one text per InvokeModel call: one upstream request per item, each its own text.
+        calls += len(INPUTS) if alias == "emb-titan" else 1
+        assert upstream_calls(alias, oai, olla, stack) == calls
+        if alias == "emb-titan":
+            assert sorted(r.json["inputText"] for r in titan_calls(stack)[-3:]) == sorted(INPUTS)
+            assert all(r.json == {"inputText": r.json["inputText"]} for r in titan_calls(stack))
         body = json.loads(raw.http_response.content)
         validate("CreateEmbeddingResponse", body, base64_embeddings=fmt != "float")
         assert [d["index"] for d in body["data"]] == [0, 1, 2], fmt
@@ -114,7 +132,13 @@ def test_list_input_one_embedding_per_item(
 
 
 def test_usage_reported_and_recorded(
-    alias: str, client: openai.OpenAI, gw: RunningGateway, tenant: TenantKey, oai: FakeOpenAI, olla: FakeOllama
+    alias: str,
+    client: openai.OpenAI,
+    gw: RunningGateway,
+    tenant: TenantKey,
+    oai: FakeOpenAI,
+    olla: FakeOllama,
+    stack: Stack,
 ) -> None:
     first = client.embeddings.create(model=alias, input=INPUTS[0])
     second = client.embeddings.create(model=alias, input=INPUTS[1:], encoding_format="float")
@@ -122,7 +146,8 @@ def test_usage_reported_and_recorded(
         assert resp.usage.prompt_tokens > 0
         assert resp.usage.total_tokens == resp.usage.prompt_tokens
     assert first.usage.prompt_tokens == text.count_tokens(INPUTS[0])
-    assert upstream_calls(alias, oai, olla) == 2
+    assert second.usage.prompt_tokens == sum(text.count_tokens(s) for s in INPUTS[1:])
+    assert upstream_calls(alias, oai, olla, stack) == (3 if alias == "emb-titan" else 2)
 
     usage = ledger(gw, tenant)
     assert usage["requests"] == 2
@@ -132,13 +157,13 @@ def test_usage_reported_and_recorded(
 
 
 def test_token_id_input(
-    alias: str, http: httpx.Client, client: openai.OpenAI, oai: FakeOpenAI, olla: FakeOllama
+    alias: str, http: httpx.Client, client: openai.OpenAI, oai: FakeOpenAI, olla: FakeOllama, stack: Stack
 ) -> None:
     r = http.post("/v1/embeddings", json={"model": alias, "input": [[101, 2023, 102]], "encoding_format": "float"})
-    if ALIASES[alias] == "local":
-        err = assert_openai_error(r)  # Ollama's /api/embed takes text only: refused, upstream never called
+    if ALIASES[alias] in ("local", "aws"):
+        err = assert_openai_error(r)  # Ollama's /api/embed and Titan take text only: refused, upstream never called
         assert err["param"] == "input"
-        assert upstream_calls(alias, oai, olla) == 0
+        assert upstream_calls(alias, oai, olla, stack) == 0
         with pytest.raises(openai.BadRequestError) as info:
             client.embeddings.create(model=alias, input=[1, 2, 3])
         assert info.value.status_code == 400
@@ -147,6 +172,21 @@ def test_token_id_input(
         assert r.headers["x-aigw-provider"] == "oai"
         validate("CreateEmbeddingResponse", r.json())
         assert r.json()["usage"]["prompt_tokens"] == 3
+
+
+def test_upstream_failure_is_502_naming_the_target(
+    alias: str, http: httpx.Client, gw: RunningGateway, tenant: TenantKey, stack: Stack
+) -> None:
+    fake = {"oai": stack.oai, "local": stack.olla, "aws": stack.brk}[ALIASES[alias]]
+    target = {"emb-oai": "oai/text-embedding-3-small", "emb-local": "local/nomic-embed-text"}
+    fake.inject(faults.status(429, retry_after="1"))  # for Titan: one of the three fanned-out calls
+    r = http.post("/v1/embeddings", json={"model": alias, "input": INPUTS})
+    assert r.status_code == 502, r.text
+    assert target.get(alias, "aws/amazon.titan-embed-text-v2:0") in r.json()["error"]["message"]
+    usage = ledger(gw, tenant)
+    assert (usage["requests"], usage["prompt_tokens"]) == (1, 0)
+    ok = http.post("/v1/embeddings", json={"model": alias, "input": INPUTS, "encoding_format": "float"})
+    assert ok.status_code == 200 and len(ok.json()["data"]) == 3, "the gateway keeps serving"
 
 
 @pytest.mark.parametrize(

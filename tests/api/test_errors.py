@@ -17,8 +17,10 @@ import pytest
 from sqlalchemy import select
 
 from aigw.store.tables import usage_records
-from tests.api.conftest import TenantKey
+from tests.api.conftest import Stack, TenantKey
+from tests.api.test_streams_faults import bedrock_signed  # noqa: F401 - autouse: no SigV4 rejection, ever
 from tests.fakes import faults
+from tests.fakes.base import FakeUpstream
 from tests.fakes.openai_fake import FakeOpenAI
 from tests.support.gateway import ADMIN_KEY, RunningGateway
 from tests.support.openapi import validate
@@ -42,8 +44,8 @@ def error_of(r: httpx.Response, status: int) -> dict[str, Any]:
     return err
 
 
-def still_serving(http: httpx.Client) -> None:
-    r = http.post(CHAT, json=GOOD)
+def still_serving(http: httpx.Client, model: str = "gpt") -> None:
+    r = http.post(CHAT, json={**GOOD, "model": model})
     assert r.status_code == 200, r.text
     assert r.json()["choices"][0]["message"]["content"] == "Echo: hello gateway world"
 
@@ -259,24 +261,68 @@ def test_wrong_method_is_405_json(method: str, path: str, http: httpx.Client) ->
 # -- upstream failures -------------------------------------------------------------------------------------------
 
 
-def test_upstream_request_error_is_passed_through(http: httpx.Client, oai: FakeOpenAI) -> None:
-    oai.inject(faults.status(400, "Invalid 'logit_bias': too many keys.", error_type="invalid_request_error"))
-    r = http.post(CHAT, json=GOOD)
-    err = error_of(r, 400)
-    assert err["message"] == "Invalid 'logit_bias': too many keys."
+# alias → (provider name, the target as error messages name it)
+UPSTREAMS = {
+    "gpt": ("oai", "oai/gpt-4o-mini"),
+    "llama": ("local", "local/llama3:8b"),
+    "claude": ("claude", "claude/claude-sonnet-4-6"),
+    "bedrock": ("aws", "aws/anthropic.claude-3-5-sonnet-20240620-v1:0"),
+}
+
+
+def fake_of(stack: Stack, model: str) -> FakeUpstream:
+    fakes: dict[str, FakeUpstream] = {"gpt": stack.oai, "llama": stack.olla, "claude": stack.ant, "bedrock": stack.brk}
+    return fakes[model]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("model", sorted(UPSTREAMS))
+def test_upstream_request_error_is_passed_through(model: str, stream: bool, http: httpx.Client, stack: Stack) -> None:
+    fake = fake_of(stack, model)
+    fake.inject(faults.status(400, "Invalid 'logit_bias': too many keys.", error_type="invalid_request_error"))
+    r = http.post(CHAT, json={**GOOD, "model": model, "stream": stream})
+    err = error_of(r, 400)  # a JSON error even for a stream: nothing was committed
+    if model == "gpt":
+        assert err["message"] == "Invalid 'logit_bias': too many keys."
+    else:  # Bedrock prefixes the exception's name ("Bedrock ValidationException: ...")
+        assert "Invalid 'logit_bias': too many keys." in err["message"], err
     assert err["type"] == "invalid_request_error"
-    assert r.headers["x-aigw-provider"] == "oai"
-    assert len(oai.requests) == 1
-    still_serving(http)
+    assert r.headers["x-aigw-provider"] == UPSTREAMS[model][0]
+    assert len(fake.requests) == 1, "a request error is not retried"
+    still_serving(http, model)
 
 
-@pytest.mark.parametrize("status", [401, 403, 404, 429, 500, 503])
-def test_upstream_failure_is_502_naming_the_target(status: int, http: httpx.Client, oai: FakeOpenAI) -> None:
-    oai.inject(faults.status(status))
-    err = error_of(http.post(CHAT, json=GOOD), 502)
-    assert "oai/gpt-4o-mini" in err["message"]
-    assert len(oai.requests) == 1
-    still_serving(http)
+# (alias, upstream status, fault options, what the 502 must quote besides the target)
+FAILURES: list[tuple[str, int, dict[str, Any], str]] = [
+    *(("gpt", status, {}, "") for status in (401, 403, 404, 429, 500, 503)),
+    *(("llama", status, {}, "") for status in (429, 500, 503)),
+    ("claude", 401, {}, "credentials"),
+    ("claude", 403, {}, "credentials"),
+    ("claude", 404, {}, "Not Found"),
+    ("claude", 429, {"retry_after": "3", "error_type": "rate_limit_error"}, "rate limit"),
+    ("claude", 500, {}, "Internal server error"),
+    ("claude", 529, {}, "Overloaded"),  # overloaded_error
+    ("bedrock", 403, {}, "credentials"),
+    ("bedrock", 404, {}, "ResourceNotFoundException"),
+    ("bedrock", 429, {"retry_after": "3"}, "ThrottlingException"),
+    ("bedrock", 500, {}, "InternalServerException"),
+    ("bedrock", 503, {}, "ServiceUnavailableException"),
+]
+
+
+@pytest.mark.parametrize(
+    ("model", "status", "options", "quoted"), FAILURES, ids=[f"{m}-{s}" for m, s, _, _ in FAILURES]
+)
+def test_upstream_failure_is_502_naming_the_target(
+    model: str, status: int, options: dict[str, Any], quoted: str, http: httpx.Client, stack: Stack
+) -> None:
+    fake = fake_of(stack, model)
+    for stream in (False, True):
+        fake.inject(faults.status(status, **options))
+        err = error_of(http.post(CHAT, json={**GOOD, "model": model, "stream": stream}), 502)
+        assert UPSTREAMS[model][1] in err["message"] and quoted in err["message"], err["message"]
+    assert len(fake.requests) == 2
+    still_serving(http, model)
 
 
 @pytest.mark.parametrize("status", [401, 403])

@@ -1,4 +1,4 @@
-"""Streaming honesty (contract "Semantics", docs/adr/0003-stream-commit-point.md), against both fakes.
+"""Streaming honesty (contract "Semantics", docs/adr/0003-stream-commit-point.md), against all four fakes.
 
 Before the first chunk a failure is an ordinary JSON error; after it, the 200 stream ends with exactly one
 ``data: {"error": ...}`` event and never ``data: [DONE]``. A client that goes away cancels the upstream request.
@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import httpx
@@ -19,6 +20,7 @@ import openai
 import pytest
 from sqlalchemy import select
 
+from aigw.providers.eventstream import encode_message, event_headers, exception_headers
 from aigw.store.tables import usage_records
 from tests.api.conftest import Stack, TenantKey
 from tests.fakes import faults
@@ -36,13 +38,31 @@ class Case:
     model: str
     provider: str
     fake: FakeUpstream
+    mid: int  # upstream frames up to the first two content chunks: a cut there is after the commit point
 
 
-@pytest.fixture(params=["gpt", "llama"])
+def make_case(model: str, stack: Stack) -> Case:
+    # Anthropic: message_start, content_block_start, ping, then one text_delta per word; Bedrock: messageStart,
+    # then one contentBlockDelta per word. Neither start event yields a chunk (ADR 0003).
+    return {
+        "gpt": Case("gpt", "oai", stack.oai, 2),
+        "llama": Case("llama", "local", stack.olla, 2),
+        "claude": Case("claude", "claude", stack.ant, 5),
+        "bedrock": Case("bedrock", "aws", stack.brk, 3),
+    }[model]
+
+
+@pytest.fixture(params=["gpt", "llama", "claude", "bedrock"])
 def case(request: pytest.FixtureRequest, gw: RunningGateway, stack: Stack) -> Case:
-    if request.param == "gpt":
-        return Case("gpt", "oai", stack.oai)
-    return Case("llama", "local", stack.olla)
+    return make_case(request.param, stack)
+
+
+@pytest.fixture(autouse=True)
+def bedrock_signed(stack: Stack) -> Iterator[None]:
+    """The Bedrock fake answers 403 to a bad SigV4 signature: no normal flow may ever produce one."""
+    yield
+    rejected = [(r.path, r.json) for r in stack.brk.requests if r.status == 403 and r.fault is None]
+    assert rejected == [], "the Bedrock fake rejected the gateway's signature"
 
 
 def stream_body(model: str, **extra: Any) -> dict[str, Any]:
@@ -139,6 +159,39 @@ def test_failure_before_first_chunk_is_a_json_502(
     assert text_of(validate_sse_stream(healthy.content)) == REPLY, "the gateway keeps serving"
 
 
+# (model, fault, Bedrock's exception type, what the 502 quotes): the error arrives right after the stream's start
+# event, which yields no chunk, so it is still before the commit point.
+RATE_LIMITED = replace(faults.error_after(1, "slow down"), error_type="rate_limit_error")
+AFTER_START: dict[str, tuple[str, faults.Fault, str, str]] = {
+    "claude-overloaded": ("claude", faults.error_after(1), "", "overloaded_error"),
+    "claude-rate-limit": ("claude", RATE_LIMITED, "", "slow down"),
+    "bedrock-stream-error": ("bedrock", faults.error_after(1, "broke"), "modelStreamErrorException", "broke"),
+    "bedrock-throttling": ("bedrock", faults.error_after(1, "easy now"), "throttlingException", "easy now"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(AFTER_START))
+def test_error_event_right_after_the_stream_start_is_a_json_502(
+    name: str, http: httpx.Client, stack: Stack, gw: RunningGateway, tenant: TenantKey
+) -> None:
+    model, fault, exception_type, quoted = AFTER_START[name]
+    case = make_case(model, stack)
+    case.fake.inject(fault)
+    try:
+        if exception_type:
+            stack.brk.stream_exception_type = exception_type
+        r = http.post(CHAT, json=stream_body(case.model))
+    finally:
+        stack.brk.stream_exception_type = "modelStreamErrorException"
+    assert case.fake.requests[0].chunks_sent == 1, "the upstream sent its start event, then the error"
+    assert r.status_code == 502, r.text
+    assert r.headers["content-type"].startswith("application/json"), "not a 200 stream"
+    validate("ErrorResponse", r.json())
+    assert f"{case.provider}/" in r.json()["error"]["message"] and quoted in r.json()["error"]["message"]
+    assert [(row["status"], row["stream"]) for row in ledger(gw, tenant.id)] == [(502, True)]
+    assert text_of(validate_sse_stream(http.post(CHAT, json=stream_body(case.model)).content)) == REPLY
+
+
 def test_stream_timeout_before_first_chunk_is_504(http: httpx.Client, stack: Stack, gw: RunningGateway) -> None:
     stack.oai.inject(faults.hang())
     started = time.monotonic()
@@ -155,7 +208,7 @@ def test_stream_timeout_before_first_chunk_is_504(http: httpx.Client, stack: Sta
 def test_drop_mid_stream_ends_with_an_error_event(
     case: Case, http: httpx.Client, gw: RunningGateway, tenant: TenantKey
 ) -> None:
-    case.fake.inject(faults.drop_after(2))
+    case.fake.inject(faults.drop_after(case.mid))
     r = http.post(CHAT, json=stream_body(case.model))
     assert r.headers["x-aigw-provider"] == case.provider
     chunks, err = broken_stream(r)
@@ -171,7 +224,7 @@ def test_error_event_mid_stream_is_forwarded(
 ) -> None:
     # Repeated: whether the error event shares a TCP read with the chunks before it must not matter.
     for attempt in range(10):
-        case.fake.inject(faults.error_after(2, f"boom: the model fell over #{attempt}"))
+        case.fake.inject(faults.error_after(case.mid, f"boom: the model fell over #{attempt}"))
         _, err = broken_stream(http.post(CHAT, json=stream_body(case.model)))
         assert f"boom: the model fell over #{attempt}" in err["message"]
     assert requests_counted(gw, tenant.id) == 10
@@ -196,7 +249,7 @@ def raw_stream(case: Case, ending: str) -> faults.Fault:
         error = {"error": {"message": "boom in one read", "type": "server_error", "param": None, "code": None}}
         tail = b"data: " + json.dumps(error).encode() + b"\n\n"
         content_type = "text/event-stream; charset=utf-8"
-    else:
+    elif case.model == "llama":
         lines = [
             {"model": "llama3:8b", "created_at": "2026-01-01T00:00:00Z", "message": m, "done": False}
             for m in ({"role": "assistant", "content": "Echo:"}, {"role": "assistant", "content": " one"})
@@ -204,6 +257,27 @@ def raw_stream(case: Case, ending: str) -> faults.Fault:
         body = b"".join(json.dumps(line).encode() + b"\n" for line in lines)
         tail = json.dumps({"error": "boom in one read"}).encode() + b"\n"
         content_type = "application/x-ndjson"
+    elif case.model == "claude":
+        usage = {"input_tokens": 8, "output_tokens": 1}
+        start = {"id": "msg_raw", "type": "message", "role": "assistant", "model": "claude-sonnet-4-6", "content": []}
+        delta = {"type": "content_block_delta", "index": 0}
+        events: list[dict[str, Any]] = [
+            {"type": "message_start", "message": {**start, "stop_reason": None, "usage": usage}},
+            {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+            *({**delta, "delta": {"type": "text_delta", "text": t}} for t in ("Echo:", " one")),
+            {"type": "error", "error": {"type": "overloaded_error", "message": "boom in one read"}},
+        ]
+        sse = [f"event: {e['type']}\ndata: {json.dumps(e)}\n\n".encode() for e in events]
+        body, tail, content_type = b"".join(sse[:-1]), sse[-1], "text/event-stream; charset=utf-8"
+    else:
+        deltas = [("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": t}}) for t in ("Echo:", " one")]
+        body = b"".join(
+            encode_message(event_headers(kind), json.dumps(p).encode())
+            for kind, p in [("messageStart", {"role": "assistant"}), *deltas]
+        )
+        boom = json.dumps({"message": "boom in one read"}).encode()
+        tail = encode_message(exception_headers("modelStreamErrorException"), boom)
+        content_type = "application/vnd.amazon.eventstream"
     return faults.raw(200, body + (tail if ending == "error" else b""), content_type)
 
 
@@ -224,7 +298,7 @@ def test_failure_in_the_same_read_as_the_first_chunks(
 def test_sdk_raises_on_a_broken_stream(fault: str, case: Case, client: openai.OpenAI) -> None:
     case.fake.inject(
         {
-            "drop": faults.drop_after(2),
+            "drop": faults.drop_after(case.mid),
             "error-same-read": raw_stream(case, "error"),
             "truncated": raw_stream(case, "truncated"),
         }[fault]
@@ -258,7 +332,7 @@ def test_upstream_silence_mid_stream_times_out_with_an_error_event(
 def test_client_disconnect_cancels_the_upstream(
     case: Case, http: httpx.Client, gw: RunningGateway, tenant: TenantKey
 ) -> None:
-    case.fake.inject(faults.stall_after(2))
+    case.fake.inject(faults.stall_after(case.mid))
     with http.stream("POST", CHAT, json=stream_body(case.model, user="abandon")) as r:
         assert r.status_code == 200
         first = next(r.iter_raw())
@@ -290,7 +364,7 @@ def test_healthy_stream_is_unaffected_by_another_tenants_broken_stream(
     breakage: str, case: Case, gw: RunningGateway, tenant: TenantKey
 ) -> None:
     other = gw.new_tenant("bystander")
-    case.fake.inject(faults.stall_after(2) if breakage == "stall" else faults.drop_after(2))
+    case.fake.inject(faults.stall_after(case.mid) if breakage == "stall" else faults.drop_after(case.mid))
     broken_started, healthy_done = threading.Event(), threading.Event()
 
     def broken() -> bytes:
@@ -347,7 +421,7 @@ def test_stream_framing_and_headers(case: Case, http: httpx.Client) -> None:
     assert len(chunks) == len(data) - 1 >= 3
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] > 0
 
-    case.fake.inject(faults.drop_after(2))
+    case.fake.inject(faults.drop_after(case.mid))
     broken = http.post(CHAT, json=stream_body(case.model))
     assert broken.headers["x-aigw-provider"] == case.provider and broken.headers["x-request-id"]
     broken_stream(broken)

@@ -46,9 +46,11 @@ def test_the_checks_can_fail() -> None:
 # ---- response ----------------------------------------------------------------------------------------------------
 
 
-def decode(name: str | bytes, model: str = "my-claude") -> tuple[Any, dict[str, Any]]:
+def decode(
+    name: str | bytes, model: str = "my-claude", *, single_tool_call: bool = False
+) -> tuple[Any, dict[str, Any]]:
     raw = fixture(name) if isinstance(name, str) else name
-    completion = BedrockAdapter().decode_chat(raw, model=model, ident=IDENT)
+    completion = BedrockAdapter().decode_chat(raw, model=model, ident=IDENT, single_tool_call=single_tool_call)
     body: dict[str, Any] = orjson.loads(completion.body)
     openapi.validate("CreateChatCompletionResponse", body)
     return completion, body
@@ -92,6 +94,30 @@ def test_decode_parallel_tool_calls() -> None:
     ]
     assert all(set(c) == {"id", "type", "function"} for c in message["tool_calls"])
     assert body["choices"][0]["finish_reason"] == completion.finish_reason == "tool_calls"
+
+
+@pytest.mark.parametrize(("single_tool_call", "count"), [(True, 1), (False, 3)])
+def test_parallel_tool_calls_false_keeps_the_first_call(single_tool_call: bool, count: int) -> None:
+    # Converse cannot be told parallel_tool_calls: false, so the answer keeps only its first call instead.
+    completion, body = decode("converse_tools.json", single_tool_call=single_tool_call)
+    message = body["choices"][0]["message"]
+    assert message["content"] == "I'll look up both cities."
+    assert len(message["tool_calls"]) == count
+    assert message["tool_calls"][0]["id"] == "tooluse_kZJMlvQmRJ6eAyJE5GIl7Q"
+    assert message["tool_calls"][0]["function"] == {"name": "get_weather", "arguments": '{"city":"Paris","unit":"c"}'}
+    assert body["choices"][0]["finish_reason"] == completion.finish_reason == "tool_calls"
+    # The dropped calls' tokens were still generated (and billed) upstream.
+    assert completion.usage == Usage(prompt_tokens=375, completion_tokens=146)
+    assert body["usage"]["completion_tokens"] == 146
+
+
+def test_single_tool_call_keeps_the_first_real_call_after_a_placeholder_call() -> None:
+    raw = orjson.loads(fixture("converse_tools.json"))
+    content = raw["output"]["message"]["content"]
+    placeholder = {"toolUse": {"toolUseId": "tooluse_x", "name": NO_TOOLS_PLACEHOLDER, "input": {}}}
+    raw["output"]["message"]["content"] = [placeholder, *content[2:]]
+    _, body = decode(orjson.dumps(raw), single_tool_call=True)
+    assert [c["id"] for c in body["choices"][0]["message"]["tool_calls"]] == ["tooluse_Xb9L2mGQTkWPqz0H7dY1sA"]
 
 
 def test_decode_tool_calls_without_text_have_null_content() -> None:

@@ -43,13 +43,17 @@ def test_binary_fixtures_are_what_the_builder_makes() -> None:
         assert (FIXTURES / name).read_bytes() == build(), f"{name} drifted: rerun build_bedrock_fixtures.py"
 
 
-def decoder(include_usage: bool = False) -> StreamDecoder:
-    return BedrockAdapter().stream_decoder(model=MODEL, include_usage=include_usage, ident=IDENT)
+def decoder(include_usage: bool = False, *, single_tool_call: bool = False) -> StreamDecoder:
+    return BedrockAdapter().stream_decoder(
+        model=MODEL, include_usage=include_usage, ident=IDENT, single_tool_call=single_tool_call
+    )
 
 
-def run(data: bytes, *, include_usage: bool = False, step: int = 7) -> tuple[StreamDecoder, list[dict[str, Any]]]:
+def run(
+    data: bytes, *, include_usage: bool = False, step: int = 7, single_tool_call: bool = False
+) -> tuple[StreamDecoder, list[dict[str, Any]]]:
     """Parse and decode ``data`` fed ``step`` bytes at a time; validate every chunk."""
-    dec, parser, out = decoder(include_usage), EventStreamParser(), list[bytes]()
+    dec, parser, out = decoder(include_usage, single_tool_call=single_tool_call), EventStreamParser(), list[bytes]()
     for i in range(0, len(data), step):
         for event in parser.feed(data[i : i + step]):
             out.extend(dec.feed(event))
@@ -148,6 +152,87 @@ def test_stream_parallel_tool_calls() -> None:
     assert chunks[-2]["choices"][0]["finish_reason"] == dec.finish_reason == "tool_calls"
     assert dec.usage == Usage(prompt_tokens=495, completion_tokens=146, cached_prompt_tokens=100, cache_write_tokens=20)
     assert chunks[-1]["usage"]["prompt_tokens_details"] == {"cached_tokens": 100}
+
+
+def tool_calls(chunks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [tc for d in deltas(chunks) for tc in d.get("tool_calls", [])]
+
+
+@pytest.mark.parametrize("include_usage", [True, False])
+def test_parallel_tool_calls_false_streams_only_the_first_call(include_usage: bool) -> None:
+    # Converse cannot be told parallel_tool_calls: false: the blocks of the second and third calls (start, input
+    # deltas, stop) are dropped, the text and the first call stream as usual.
+    dec, chunks = run_fixture("stream_tools.bin", include_usage=include_usage, single_tool_call=True)
+    ds = deltas(chunks)
+    assert ds[0] == {"role": "assistant", "content": "I'll look"}
+    calls = tool_calls(chunks)
+    assert all(tc["index"] == 0 for tc in calls)
+    assert [(tc["id"], tc["function"]["name"]) for tc in calls if "id" in tc] == [
+        ("tooluse_kZJMlvQmRJ6eAyJE5GIl7Q", "get_weather")
+    ]
+    assert json.loads("".join(tc["function"]["arguments"] for tc in calls)) == {"city": "Paris", "unit": "c"}
+    finish = chunks[-2 if include_usage else -1]["choices"][0]
+    assert finish["finish_reason"] == dec.finish_reason == "tool_calls" and finish["delta"] == {}
+    # The dropped calls' tokens were still generated (and billed) upstream.
+    assert dec.usage == Usage(prompt_tokens=495, completion_tokens=146, cached_prompt_tokens=100, cache_write_tokens=20)
+    if include_usage:
+        assert chunks[-1]["usage"]["completion_tokens"] == 146
+
+
+@pytest.mark.parametrize(("single_tool_call", "ids"), [(True, ["tooluse_a"]), (False, ["tooluse_a", "tooluse_b"])])
+def test_two_parallel_calls_without_text(single_tool_call: bool, ids: list[str]) -> None:
+    data = b"".join(
+        [
+            BUILD.start(),
+            BUILD.tool_start(0, "tooluse_a", "get_weather"),
+            BUILD.tool_input(0, '{"city": "Paris"}'),
+            BUILD.stop_block(0),
+            BUILD.tool_start(1, "tooluse_b", "get_time"),
+            BUILD.tool_input(1, '{"city": "Paris"}'),
+            BUILD.stop_block(1),
+            BUILD.stop("tool_use"),
+            BUILD.metadata(20, 40),
+        ]
+    )
+    dec, chunks = run(data, single_tool_call=single_tool_call)
+    calls = tool_calls(chunks)
+    assert [tc["id"] for tc in calls if "id" in tc] == ids
+    assert sorted({tc["index"] for tc in calls}) == list(range(len(ids)))
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert chunks[-1]["choices"][0]["finish_reason"] == dec.finish_reason == "tool_calls"
+    assert dec.usage == Usage(prompt_tokens=20, completion_tokens=40)
+
+
+def test_single_tool_call_keeps_the_first_real_call_after_a_placeholder_call() -> None:
+    data = b"".join(
+        [
+            BUILD.start(),
+            BUILD.tool_start(0, "tooluse_x", NO_TOOLS_PLACEHOLDER),
+            BUILD.tool_input(0, "{}"),
+            BUILD.stop_block(0),
+            BUILD.tool_start(1, "tooluse_b", "get_time"),
+            BUILD.stop_block(1),
+            BUILD.stop("tool_use"),
+            BUILD.metadata(5, 3),
+        ]
+    )
+    _, chunks = run(data, single_tool_call=True)
+    calls = tool_calls(chunks)
+    assert [(tc["index"], tc.get("id"), tc["function"]["arguments"]) for tc in calls] == [
+        (0, "tooluse_b", ""),
+        (0, None, "{}"),
+    ]
+
+
+def test_a_dropped_call_started_twice_is_still_an_error() -> None:
+    dec = decoder(single_tool_call=True)
+    dec.feed(
+        event("contentBlockStart", {"contentBlockIndex": 0, "start": {"toolUse": {"toolUseId": "a", "name": "f"}}})
+    )
+    second = {"contentBlockIndex": 1, "start": {"toolUse": {"toolUseId": "b", "name": "f"}}}
+    assert dec.feed(event("contentBlockStart", second)) == ()
+    with pytest.raises(UpstreamError, match="twice"):
+        dec.feed(event("contentBlockStart", second))
 
 
 def test_a_call_to_the_no_tools_placeholder_is_not_streamed() -> None:

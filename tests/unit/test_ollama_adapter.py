@@ -33,6 +33,7 @@ from aigw.providers.ollama import OllamaAdapter
 from aigw.schema.chat import ChatCompletionRequest
 from aigw.schema.embeddings import EmbeddingRequest
 from aigw.schema.usage import Usage
+from tests.support import openapi
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "ollama"
 SPEC = Path(__file__).parents[1] / "data" / "openai-openapi-subset.yaml"
@@ -88,10 +89,16 @@ def fixture(name: str) -> bytes:
     return (FIXTURES / name).read_bytes()
 
 
-def run_stream(name: str, *, include_usage: bool = False) -> tuple[StreamDecoder, list[dict[str, Any]]]:
-    """Feed a fixture through the real NDJSON framing, split at awkward places, and decode every chunk."""
-    dec = OllamaAdapter().stream_decoder(model="llama3.2", include_usage=include_usage, ident=IDENT)
-    parser, data, out = NDJSONParser(), fixture(name), list[bytes]()
+def run_stream(
+    name: str | bytes, *, include_usage: bool = False, single_tool_call: bool = False
+) -> tuple[StreamDecoder, list[dict[str, Any]]]:
+    """Feed a fixture (or a handmade NDJSON transcript) through the real NDJSON framing, split at awkward places,
+    and decode every chunk."""
+    dec = OllamaAdapter().stream_decoder(
+        model="llama3.2", include_usage=include_usage, ident=IDENT, single_tool_call=single_tool_call
+    )
+    data = fixture(name) if isinstance(name, str) else name
+    parser, out = NDJSONParser(), list[bytes]()
     for i in range(0, len(data), 7):
         for event in parser.feed(data[i : i + 7]):
             out.extend(dec.feed(event))
@@ -101,6 +108,7 @@ def run_stream(name: str, *, include_usage: bool = False) -> tuple[StreamDecoder
     chunks = [orjson.loads(c) for c in out]
     for c in chunks:
         validate("CreateChatCompletionStreamResponse", c)
+        openapi.validate("CreateChatCompletionStreamResponse", c)
     return dec, chunks
 
 
@@ -260,14 +268,36 @@ def test_tool_choice_none_omits_tools() -> None:
     assert "tools" not in encode(tools=[WEATHER_TOOL], tool_choice="none")
 
 
-@pytest.mark.parametrize(
-    "choice", ["auto", "required", {"type": "function", "function": {"name": "get_weather"}}, None]
-)
+@pytest.mark.parametrize("choice", ["auto", "required", None])
 def test_other_tool_choices_still_offer_the_tools(choice: Any) -> None:
-    fields: dict[str, Any] = {"tools": [WEATHER_TOOL]}
+    # "required" cannot be enforced: Ollama has no tool_choice, so the model decides as with "auto".
+    fields: dict[str, Any] = {"tools": [WEATHER_TOOL, TIME_TOOL]}
     if choice is not None:
         fields["tool_choice"] = choice
-    assert [t["function"]["name"] for t in encode(**fields)["tools"]] == ["get_weather"]
+    body = encode(**fields)
+    assert [t["function"]["name"] for t in body["tools"]] == ["get_weather", "get_time"]
+    assert "tool_choice" not in body
+
+
+@pytest.mark.parametrize(("name", "index"), [("get_time", 1), ("get_weather", 0)])
+def test_named_tool_choice_offers_only_that_tool(name: str, index: int) -> None:
+    # Ollama cannot be forced to call a tool, but a model offered only one tool can call no other.
+    body = encode(tools=[WEATHER_TOOL, TIME_TOOL], tool_choice={"type": "function", "function": {"name": name}})
+    assert body["tools"] == [encode(tools=[WEATHER_TOOL, TIME_TOOL])["tools"][index]]
+    assert "tool_choice" not in body
+
+
+def test_named_tool_choice_must_name_a_tool() -> None:
+    with pytest.raises(InvalidRequest) as ei:
+        encode(tools=[WEATHER_TOOL, TIME_TOOL], tool_choice={"type": "function", "function": {"name": "get_tide"}})
+    assert ei.value.param == "tool_choice"
+    assert ei.value.status == 400
+    assert "get_tide" in ei.value.message
+
+
+def test_named_tool_choice_without_tools_offers_none() -> None:
+    # As on the other providers: a tool_choice without tools means nothing.
+    assert "tools" not in encode(tool_choice={"type": "function", "function": {"name": "get_time"}})
 
 
 SCHEMA = {"type": "object", "properties": {"age": {"type": "integer"}}, "required": ["age"]}
@@ -336,10 +366,12 @@ def test_keep_alive(configured: str, sent: Any) -> None:
 # ---- response decoding -----------------------------------------------------------------------------------
 
 
-def decode(name: str) -> tuple[Any, dict[str, Any]]:
-    completion = OllamaAdapter().decode_chat(fixture(name), model="local-llama", ident=IDENT)
+def decode(name: str | bytes, *, single_tool_call: bool = False) -> tuple[Any, dict[str, Any]]:
+    raw = fixture(name) if isinstance(name, str) else name
+    completion = OllamaAdapter().decode_chat(raw, model="local-llama", ident=IDENT, single_tool_call=single_tool_call)
     body: dict[str, Any] = orjson.loads(completion.body)
     validate("CreateChatCompletionResponse", body)
+    openapi.validate("CreateChatCompletionResponse", body)
     return completion, body
 
 
@@ -391,6 +423,33 @@ def test_decode_tool_calls() -> None:
     assert body["choices"][0]["finish_reason"] == "tool_calls"  # although Ollama said done_reason "stop"
     assert completion.finish_reason == "tool_calls"
     assert completion.usage == Usage(prompt_tokens=122, completion_tokens=33)
+
+
+@pytest.mark.parametrize(("single_tool_call", "cities"), [(True, ["Paris, FR"]), (False, ["Paris, FR", "Tokyo, JP"])])
+def test_decode_parallel_tool_calls_false_keeps_the_first_call(single_tool_call: bool, cities: list[str]) -> None:
+    # parallel_tool_calls: false cannot be sent to Ollama: the answer keeps only its first call instead.
+    completion, body = decode("chat_tools.json", single_tool_call=single_tool_call)
+    message = body["choices"][0]["message"]
+    assert [orjson.loads(c["function"]["arguments"])["location"] for c in message["tool_calls"]] == cities
+    assert message["tool_calls"][0]["id"] == "call_abc123_0"
+    assert message["content"] is None
+    assert body["choices"][0]["finish_reason"] == completion.finish_reason == "tool_calls"
+    # The dropped call's tokens were still generated (and billed) upstream.
+    assert completion.usage == Usage(prompt_tokens=122, completion_tokens=33)
+    assert body["usage"]["completion_tokens"] == 33
+
+
+def test_decode_single_tool_call_keeps_content_and_leaves_a_lone_call_alone() -> None:
+    raw = orjson.loads(fixture("chat_tools.json"))
+    raw["message"]["content"] = "Checking both."
+    _, body = decode(orjson.dumps(raw), single_tool_call=True)
+    assert body["choices"][0]["message"]["content"] == "Checking both."
+    assert len(body["choices"][0]["message"]["tool_calls"]) == 1
+    _, one = decode("chat_tools_ids.json", single_tool_call=True)
+    assert [c["id"] for c in one["choices"][0]["message"]["tool_calls"]] == ["call_x7k2p9qa"]
+    _, text = decode("chat.json", single_tool_call=True)
+    assert "tool_calls" not in text["choices"][0]["message"]
+    assert text["choices"][0]["finish_reason"] == "stop"
 
 
 def test_decode_keeps_upstream_tool_call_ids_and_drops_thinking() -> None:
@@ -482,6 +541,49 @@ def test_stream_tool_calls() -> None:
     assert chunks[-1]["choices"][0]["finish_reason"] == "tool_calls"
     assert dec.finish_reason == "tool_calls"
     assert dec.usage == Usage(prompt_tokens=169, completion_tokens=15)
+
+
+def tool_deltas(chunks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [tc for c in chunks if c["choices"] for tc in c["choices"][0]["delta"].get("tool_calls", [])]
+
+
+@pytest.mark.parametrize("include_usage", [True, False])
+def test_stream_parallel_tool_calls_false_emits_only_the_first_call(include_usage: bool) -> None:
+    # The fixture's calls arrive one on the first line, two on the second: only the first is emitted, and the
+    # second line (nothing but dropped calls) emits no chunk at all.
+    dec, chunks = run_stream("stream_tools.ndjson", include_usage=include_usage, single_tool_call=True)
+    calls = tool_deltas(chunks)
+    assert [(tc["index"], tc["id"], tc["function"]["name"]) for tc in calls] == [(0, "call_abc123_0", "get_weather")]
+    assert orjson.loads(calls[0]["function"]["arguments"]) == {"city": "Tokyo"}
+    assert len(chunks) == 2 + include_usage  # the call, the finish chunk (and the usage chunk)
+    assert chunks[1]["choices"][0]["finish_reason"] == dec.finish_reason == "tool_calls"
+    assert dec.usage == Usage(prompt_tokens=169, completion_tokens=15)
+    if include_usage:
+        assert chunks[-1]["usage"]["completion_tokens"] == 15
+
+
+@pytest.mark.parametrize(("single_tool_call", "names"), [(True, ["get_weather"]), (False, ["get_weather", "get_time"])])
+def test_stream_two_calls_on_one_line(single_tool_call: bool, names: list[str]) -> None:
+    calls = [
+        {"function": {"name": "get_weather", "arguments": {"city": "Paris"}}},
+        {"function": {"name": "get_time", "arguments": {"city": "Paris"}}},
+    ]
+    lines = [
+        {
+            "model": "llama3.2",
+            "message": {"role": "assistant", "content": "Let me see.", "tool_calls": calls},
+            "done": False,
+        },
+        {"model": "llama3.2", "message": {"role": "assistant", "content": ""}, "done": True, "eval_count": 9},
+    ]
+    transcript = b"".join(orjson.dumps(ln) + b"\n" for ln in lines)
+    dec, chunks = run_stream(transcript, single_tool_call=single_tool_call)
+    calls_out = tool_deltas(chunks)
+    assert [tc["function"]["name"] for tc in calls_out] == names
+    assert [tc["index"] for tc in calls_out] == list(range(len(names)))
+    assert chunks[0]["choices"][0]["delta"]["content"] == "Let me see."
+    assert chunks[-1]["choices"][0]["finish_reason"] == dec.finish_reason == "tool_calls"
+    assert dec.usage == Usage(prompt_tokens=0, completion_tokens=9)
 
 
 def test_stream_length() -> None:

@@ -233,9 +233,18 @@ def _call(raw: Any, index: int, ident: StreamIdentity) -> oa.ResponseToolCall:
     return oa.ResponseToolCall(id=tid, function=oa.FunctionCall(name=fn["name"], arguments=arguments))
 
 
+def _first_call(calls: list[Any], *, already: int = 0) -> list[Any]:
+    # parallel_tool_calls: false. Ollama has no such switch (nor any tool_choice), so the model may still answer
+    # with several calls: keep only the first one of the response (`already` = calls emitted before) and drop
+    # the rest unread. Usage stays as reported: the upstream did generate (and bill) the dropped calls' tokens.
+    return calls[: max(0, 1 - already)]
+
+
 class OllamaStreamDecoder:
     """NDJSON lines of /api/chat → OpenAI chunks. Each line is a whole ChatResponse: `message.content` is a
-    fragment, tool calls arrive whole inside one line, and the last line has `done: true` plus the counts."""
+    fragment, tool calls arrive whole inside one line, and the last line has `done: true` plus the counts.
+
+    ``single_tool_call`` (the client sent ``parallel_tool_calls: false``): only the first tool call is emitted."""
 
     __slots__ = (
         "_done",
@@ -244,15 +253,19 @@ class OllamaStreamDecoder:
         "_include_usage",
         "_model",
         "_rmodel",
+        "_single",
         "_started",
         "_tools",
         "_usage",
     )
 
-    def __init__(self, *, model: str, include_usage: bool, ident: StreamIdentity) -> None:
+    def __init__(
+        self, *, model: str, include_usage: bool, ident: StreamIdentity, single_tool_call: bool = False
+    ) -> None:
         self._model = model
         self._include_usage = include_usage
         self._ident = ident
+        self._single = single_tool_call
         self._rmodel: str | None = None
         self._usage: Usage | None = None
         self._finish: str | None = None
@@ -304,6 +317,8 @@ class OllamaStreamDecoder:
         if self._rmodel is None:
             self._rmodel = _model(obj, self._model)
         content, calls = _message(obj)
+        if self._single:
+            calls = _first_call(calls, already=self._tools)
         out: list[bytes] = []
         if content or calls:
             deltas = []
@@ -341,10 +356,19 @@ class OllamaAdapter:
             raise InvalidRequest("Ollama generates one choice per request; n must be 1", param="n")
         # docs/api.md: streaming is on by default ("can be disabled using `"stream": false`"): always say.
         body: dict[str, Any] = {"model": model, "messages": _messages(req.messages), "stream": stream}
-        # tool_choice "none" is honoured by not offering tools. "required" and a named function cannot be
-        # enforced: Ollama has no tool_choice, so the tools are offered and the model decides ("auto").
+        # Ollama has no tool_choice. "none" is honoured by not offering tools, and a named function by offering
+        # only that tool (the model may still answer without calling it). "required" cannot be enforced: the
+        # tools are offered and the model decides, as with "auto".
         if req.tools and req.tool_choice != "none":
-            body["tools"] = _tools(req.tools)
+            tools = _tools(req.tools)
+            choice = req.tool_choice
+            if isinstance(choice, oa.NamedToolChoice):
+                tools = [t for t in tools if t["function"]["name"] == choice.function.name]
+                if not tools:
+                    raise InvalidRequest(
+                        f"tool_choice names {choice.function.name!r}, which is not in tools", param="tool_choice"
+                    )
+            body["tools"] = tools
         if req.response_format is not None:
             fmt = _format(req.response_format)
             if fmt is not None:
@@ -363,6 +387,8 @@ class OllamaAdapter:
         if "error" in obj:
             raise UpstreamError(f"Ollama error: {obj['error']}", upstream_status=502)
         content, raw_calls = _message(obj)
+        if single_tool_call:
+            raw_calls = _first_call(raw_calls)
         calls = [_call(raw, i, ident) for i, raw in enumerate(raw_calls)]
         usage = _usage(obj)
         finish = _finish(obj, bool(calls))
@@ -382,7 +408,9 @@ class OllamaAdapter:
     def stream_decoder(
         self, *, model: str, include_usage: bool, ident: StreamIdentity, single_tool_call: bool = False
     ) -> StreamDecoder:
-        return OllamaStreamDecoder(model=model, include_usage=include_usage, ident=ident)
+        return OllamaStreamDecoder(
+            model=model, include_usage=include_usage, ident=ident, single_tool_call=single_tool_call
+        )
 
     def decode_error(self, status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamError:
         # docs/api/errors.mdx: errors are `{"error": "..."}` with the HTTP status (400, 404 missing model,

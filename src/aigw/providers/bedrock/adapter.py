@@ -84,6 +84,10 @@ class BedrockAdapter:
             # A call to the no-tools placeholder is dropped: the client offered no tools (see request.py).
             if b.tool_use is not None and b.tool_use.name != request.NO_TOOLS_PLACEHOLDER
         ]
+        if single_tool_call:
+            # parallel_tool_calls: false, which Converse cannot be told (see request.py): keep the first call only.
+            # Usage stays as reported: the upstream did generate (and bill) the dropped calls' tokens.
+            del calls[1:]
         # Text blocks are joined without a separator, exactly as the same answer streams.
         text = "".join(texts)
         message = oa.ResponseMessage(content=None if calls and not text else text)
@@ -103,7 +107,9 @@ class BedrockAdapter:
     def stream_decoder(
         self, *, model: str, include_usage: bool, ident: StreamIdentity, single_tool_call: bool = False
     ) -> StreamDecoder:
-        return BedrockStreamDecoder(model=model, include_usage=include_usage, ident=ident)
+        return BedrockStreamDecoder(
+            model=model, include_usage=include_usage, ident=ident, single_tool_call=single_tool_call
+        )
 
     def decode_error(self, status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamError:
         # Bedrock's errors: HTTP status + `x-amzn-errortype: ValidationException:http://internal.amazon.com/coral/

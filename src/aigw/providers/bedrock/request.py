@@ -254,6 +254,7 @@ def converse_body(req: oa.ChatCompletionRequest, *, default_max_tokens: int | No
     output = output_config(req.response_format)
     if output is not None:
         body["outputConfig"] = output
-    # Not translated, for want of a Converse equivalent: seed, presence/frequency_penalty, logprobs, user and
-    # parallel_tool_calls (there is no model-independent switch for it).
+    # Not translated, for want of a Converse equivalent: seed, presence/frequency_penalty, logprobs and user.
+    # parallel_tool_calls has no model-independent switch either: `false` is enforced on the answer instead (the
+    # decoders keep only its first tool call; see BedrockAdapter.decode_chat and BedrockStreamDecoder).
     return body

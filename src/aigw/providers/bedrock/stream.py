@@ -56,6 +56,8 @@ def stream_exception(event: UpstreamEvent) -> UpstreamError:
 
 
 class BedrockStreamDecoder:
+    """``single_tool_call`` (the client sent ``parallel_tool_calls: false``): only the first tool call is emitted."""
+
     __slots__ = (
         "_args_seen",
         "_finish",
@@ -64,22 +66,28 @@ class BedrockStreamDecoder:
         "_include_usage",
         "_metadata",
         "_model",
+        "_single",
         "_started",
         "_stopped",
         "_tools",
         "_usage",
     )
 
-    def __init__(self, *, model: str, include_usage: bool, ident: StreamIdentity) -> None:
+    def __init__(
+        self, *, model: str, include_usage: bool, ident: StreamIdentity, single_tool_call: bool = False
+    ) -> None:
         self._model = model
         self._include_usage = include_usage
         self._ident = ident
+        self._single = single_tool_call
         self._started = False  # a chunk went out, so the role has been sent
         # contentBlockIndex → OpenAI tool_calls index. Bedrock numbers every content block (text blocks too), so a
         # text block at 0 and calls at 1 and 2 must become tool calls 0 and 1 (parallel calls keep their order).
         self._tools: dict[int, int] = {}
         self._args_seen: set[int] = set()
-        self._ignored: set[int] = set()  # blocks of calls to the no-tools placeholder (see request.py)
+        # Blocks of calls the client must not see: to the no-tools placeholder (see request.py), and every call after
+        # the first when single_tool_call.
+        self._ignored: set[int] = set()
         self._finish: str | None = None
         self._stopped = False
         self._metadata = False
@@ -147,6 +155,11 @@ class BedrockStreamDecoder:
             if tool.name == NO_TOOLS_PLACEHOLDER:
                 # The model called the tool it was told does not exist: the client offered no tools (or said
                 # tool_choice "none"), so it must not see a call.
+                self._ignored.add(start.content_block_index)
+                return ()
+            if self._single and self._tools:
+                # parallel_tool_calls: false, which Converse cannot be told (see request.py): a second or later call
+                # is dropped, its input deltas and stop included. Usage stays as reported: those tokens were generated.
                 self._ignored.add(start.content_block_index)
                 return ()
             n = self._tools[start.content_block_index] = len(self._tools)
