@@ -208,6 +208,13 @@ class AllTargetsFailed(UpstreamError):
 
     @property
     def http_status(self) -> int:
-        if self.failures and all(isinstance(e, UpstreamTimeout) for _, e in self.failures):
+        # 504 when every target that was actually called timed out; a target skipped for its open circuit was
+        # not tried, so it neither makes this a 502 nor, alone, a 504.
+        tried = [e for _, e in self.failures if not isinstance(e, CircuitOpen)]
+        if tried and all(isinstance(e, UpstreamTimeout) for e in tried):
             return 504
         return 502
+
+    @property
+    def error_type(self) -> str:
+        return UpstreamTimeout.type if self.http_status == 504 else self.type

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from aigw.breaker import Outcome
+from aigw.breaker import Outcome, Permit
 from aigw.errors import AllTargetsFailed, CircuitOpen, UpstreamError, UpstreamTimeout
 from aigw.providers.transport import Upstream
 from aigw.routing import Target
@@ -30,6 +30,7 @@ class Served(Generic[T]):
     value: T
     target: Target
     attempts: int  # distinct targets called (x-aigw-attempts)
+    permit: Permit | None = None  # still held when the caller settles the verdict itself (a committed stream)
 
 
 class ChainFailed(Exception):
@@ -61,8 +62,15 @@ class Chain:
         self._rng = rng or random.Random()
 
     async def run(
-        self, targets: Sequence[Target], deadline: float, call: Callable[[Target, Upstream], Awaitable[T]]
+        self,
+        targets: Sequence[Target],
+        deadline: float,
+        call: Callable[[Target, Upstream], Awaitable[T]],
+        *,
+        hold_on_success: bool = False,
     ) -> Served[T]:
+        """``hold_on_success``: a stream is only judged when it ends (a provider that breaks every stream after
+        its first chunk must still open its circuit), so the caller gets the permit and releases it then."""
         loop = asyncio.get_running_loop()
         failures: list[tuple[str, UpstreamError]] = []
         called = 0
@@ -108,6 +116,8 @@ class Chain:
                 except BaseException:  # cancelled (the client left) or a bug: release the permit, no verdict
                     await asyncio.shield(self._breaker.release(permit, Outcome.NEUTRAL))
                     raise
+                if hold_on_success:
+                    return Served(value, target, called, permit)
                 await self._breaker.release(permit, Outcome.SUCCESS)
                 return Served(value, target, called)
         raise ChainFailed(AllTargetsFailed(failures), called, None)

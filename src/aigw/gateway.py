@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TypeVar
 
-from aigw.errors import ClientDisconnected, GatewayError
+from aigw.breaker import Outcome, Permit
+from aigw.errors import ClientDisconnected, GatewayError, UpstreamError
 from aigw.fallback import Chain, ChainFailed
 from aigw.fallback import Served as ServedBy
 from aigw.metering import UsageRecorder
@@ -97,7 +98,9 @@ class Gateway:
             )
         )
 
-    async def _run(self, ctx: CallContext, call: Callable[[Target, Upstream], Awaitable[T]]) -> ServedBy[T]:
+    async def _run(
+        self, ctx: CallContext, call: Callable[[Target, Upstream], Awaitable[T]], *, hold_on_success: bool = False
+    ) -> ServedBy[T]:
         """Resolve the model and run the chain; every failure is metered here, once, and re-raised with the
         number of targets tried in its headers."""
         target: Target | None = None
@@ -105,7 +108,7 @@ class Gateway:
             targets = self.router.resolve(ctx.model)
             deadline = asyncio.get_running_loop().time() + self._request_timeout_s
             try:
-                return await self._chain.run(targets, deadline, call)
+                return await self._chain.run(targets, deadline, call, hold_on_success=hold_on_success)
             except ChainFailed as failed:
                 target = failed.target
                 failed.error.headers["x-aigw-attempts"] = str(failed.attempts)
@@ -133,9 +136,9 @@ class Gateway:
         async def call(target: Target, upstream: Upstream) -> tuple[UpstreamStream, bytes]:
             return await upstream.open_stream(chat, target.model, ident, include_usage=chat.request.wants_usage)
 
-        served = await self._run(ctx, call)
+        served = await self._run(ctx, call, hold_on_success=True)
         stream, first = served.value
-        return CommittedStream(self, ctx, served.target, stream, first, served.attempts)
+        return CommittedStream(self, ctx, served.target, stream, first, served.attempts, served.permit)
 
     async def embed(self, ctx: CallContext, emb: EmbeddingsInput) -> Served:
         fmt = emb.request.encoding_format or "float"
@@ -153,9 +156,17 @@ class CommittedStream:
     closes the upstream and meters the usage seen so far (whether the stream completed, failed or was abandoned)."""
 
     def __init__(
-        self, gw: Gateway, ctx: CallContext, target: Target, stream: UpstreamStream, first: bytes, attempts: int
+        self,
+        gw: Gateway,
+        ctx: CallContext,
+        target: Target,
+        stream: UpstreamStream,
+        first: bytes,
+        attempts: int,
+        permit: Permit | None,
     ) -> None:
         self.attempts = attempts
+        self._permit = permit
         self._gw = gw
         self._ctx = ctx
         self.target = target
@@ -178,3 +189,12 @@ class CommittedStream:
             await self._stream.aclose()
         finally:
             self._gw._record(self._ctx, status=status, target=self.target, usage=self._stream.usage, error=error)
+            if self._permit is not None:  # the target's verdict is the whole stream's, not its first chunk's
+                permit, self._permit = self._permit, None
+                if status == 200:
+                    outcome = Outcome.SUCCESS
+                elif isinstance(error, UpstreamError) and error.falls_back:
+                    outcome = Outcome.FAILURE
+                else:
+                    outcome = Outcome.NEUTRAL  # the client left, or the gateway failed: no verdict
+                await self._gw.breaker.release(permit, outcome, error.message if error else None)

@@ -70,6 +70,9 @@ def gateway_config(oai: FakeOpenAI, olla: FakeOllama, database_url: str, **extra
         "database_url": database_url,
         "max_body_bytes": 64 * 1024,
         "usage": {"flush_interval_s": 0.05},
+        # These suites break upstreams on purpose, hundreds of times, on one shared gateway: keep circuits closed
+        # here (breaker behaviour has its own stacks in tests/resilience).
+        "circuit_breaker": {"failure_threshold": 1_000_000},
         "providers": [
             {"name": "oai", "type": "openai", "base_url": oai.url + "/v1", "api_key": OPENAI_KEY},
             {"name": "local", "type": "ollama", "base_url": olla.url},
