@@ -7,14 +7,11 @@ calls completely. Sources for the Ollama facts relied on below: github ollama/ol
 
 from __future__ import annotations
 
-import base64
 import math
-import struct
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
-from msgspec import UNSET, UnsetType
 
 from aigw.errors import InvalidRequest, UpstreamError
 from aigw.providers.base import (
@@ -29,8 +26,10 @@ from aigw.providers.base import (
     UpstreamRequest,
     parse_retry_after,
 )
+from aigw.providers.convert import arguments_json, arguments_object, data_uri, embedding, json_object, json_schema
+from aigw.providers.output import ChunkWriter, WriterStream, completion
 from aigw.schema import chat as oa  # the OpenAI side of every translation
-from aigw.schema.embeddings import Embedding, EmbeddingResponse, EmbeddingUsage
+from aigw.schema.embeddings import EmbeddingResponse, EmbeddingUsage
 from aigw.schema.usage import Usage
 
 _JSON = {"content-type": "application/json"}
@@ -48,9 +47,9 @@ def _text(content: str | Sequence[oa.TextPart | oa.RefusalPart] | None) -> str:
 def _image(url: str) -> str:
     # docs/api.md: `images` is "a list of images ... encoded in Base64" -- bare base64, no data-URI prefix.
     # Ollama never fetches URLs itself, so an http(s) image cannot be forwarded (and the gateway does no I/O).
-    head, sep, data = url.partition(",")
-    if url.startswith("data:") and sep and head.endswith(";base64"):
-        return data
+    inline = data_uri(url)
+    if inline is not None:
+        return inline[1]
     kind = "an http(s) URL" if url.startswith(("http://", "https://")) else "any other URI"
     msg = f"Ollama takes only inline images: send image_url as a data:image/...;base64 URI, not {kind}"
     raise InvalidRequest(msg, param="messages")
@@ -58,19 +57,7 @@ def _image(url: str) -> str:
 
 def _tool_calls(calls: Sequence[oa.ToolCall]) -> list[dict[str, Any]]:
     # Ollama wants `arguments` as a JSON object (api/types.go ToolCallFunction); OpenAI sends a string.
-    out = []
-    for tc in calls:
-        raw = tc.function.arguments
-        try:
-            args = orjson.loads(raw) if raw.strip() else {}  # some clients send "" for a no-argument call
-        except orjson.JSONDecodeError:
-            args = None
-        if not isinstance(args, dict):
-            raise InvalidRequest(
-                f"tool call {tc.id}: function.arguments must be a JSON object string", param="messages"
-            )
-        out.append({"id": tc.id, "function": {"name": tc.function.name, "arguments": args}})
-    return out
+    return [{"id": tc.id, "function": {"name": tc.function.name, "arguments": arguments_object(tc)}} for tc in calls]
 
 
 def _messages(messages: Sequence[oa.Message]) -> list[dict[str, Any]]:
@@ -137,9 +124,7 @@ def _format(rf: Mapping[str, Any]) -> Any:
     if kind == "json_object":
         return "json"
     if kind == "json_schema":
-        spec = rf.get("json_schema")
-        schema = spec.get("schema") if isinstance(spec, dict) else None
-        return schema if isinstance(schema, dict) else "json"
+        return json_schema(rf) or "json"
     if kind == "text":
         return None
     raise InvalidRequest(f"unsupported response_format type {kind!r}", param="response_format")
@@ -169,16 +154,6 @@ def _keep_alive(value: str) -> str | float:
 
 
 # ---- response --------------------------------------------------------------------------------------------
-
-
-def _loads(body: bytes) -> dict[str, Any]:
-    try:
-        parsed = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise UpstreamError("Ollama sent a body that is not JSON", upstream_status=502) from None
-    if not isinstance(parsed, dict):
-        raise UpstreamError("Ollama sent a body that is not a JSON object", upstream_status=502)
-    return parsed
 
 
 def _count(obj: Mapping[str, Any], key: str) -> int:
@@ -224,7 +199,7 @@ def _call(raw: Any, index: int, ident: StreamIdentity) -> oa.ResponseToolCall:
     if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
         raise UpstreamError("Ollama sent a malformed tool call", upstream_status=502)
     args = fn.get("arguments")
-    arguments = args if isinstance(args, str) else orjson.dumps(args if args is not None else {}).decode()
+    arguments = args if isinstance(args, str) else arguments_json(args)
     # docs/api.md shows tool calls without an id; servers since 2025 add a random "call_xxxxxxxx"
     # (server/routes.go toolCallId). Keep it when present, else derive a stable one from the completion id.
     tid = raw.get("id")
@@ -240,36 +215,22 @@ def _first_call(calls: list[Any], *, already: int = 0) -> list[Any]:
     return calls[: max(0, 1 - already)]
 
 
-class OllamaStreamDecoder:
+class OllamaStreamDecoder(WriterStream):
     """NDJSON lines of /api/chat → OpenAI chunks. Each line is a whole ChatResponse: `message.content` is a
     fragment, tool calls arrive whole inside one line, and the last line has `done: true` plus the counts.
 
     ``single_tool_call`` (the client sent ``parallel_tool_calls: false``): only the first tool call is emitted."""
 
-    __slots__ = (
-        "_done",
-        "_finish",
-        "_ident",
-        "_include_usage",
-        "_model",
-        "_rmodel",
-        "_single",
-        "_started",
-        "_tools",
-        "_usage",
-    )
+    __slots__ = ("_done", "_ident", "_model", "_out", "_single", "_tools", "_usage")
 
     def __init__(
         self, *, model: str, include_usage: bool, ident: StreamIdentity, single_tool_call: bool = False
     ) -> None:
         self._model = model
-        self._include_usage = include_usage
         self._ident = ident
+        self._out = ChunkWriter(ident, model, include_usage)
         self._single = single_tool_call
-        self._rmodel: str | None = None
         self._usage: Usage | None = None
-        self._finish: str | None = None
-        self._started = False  # a chunk went out, so the role has been sent
         # Tool calls emitted so far: the running OpenAI `index`. Counted here rather than read from Ollama's
         # `function.index` so that calls arriving on different lines can never share an index.
         self._tools = 0
@@ -279,34 +240,8 @@ class OllamaStreamDecoder:
     def usage(self) -> Usage | None:
         return self._usage
 
-    @property
-    def response_model(self) -> str | None:
-        return self._rmodel
-
-    @property
-    def finish_reason(self) -> str | None:
-        return self._finish
-
-    def _envelope(self, choices: list[oa.ChunkChoice], usage: oa.CompletionUsage | UnsetType | None) -> bytes:
-        ident, model = self._ident, self._rmodel or self._model
-        return oa.encode(oa.ChatCompletionChunk(ident.id, ident.created, model, choices, usage))
-
-    def _chunk(self, delta: oa.Delta, finish: str | None = None) -> bytes:
-        if not self._started:
-            # The role rides on the first real chunk: the gateway commits to a target on its first chunk, so a
-            # role-only chunk would make an error that follows it impossible to fall back from.
-            delta.role = "assistant"
-            self._started = True
-        # As OpenAI does, `usage` is null on every chunk but the last when the client asked for usage.
-        return self._envelope([oa.ChunkChoice(0, delta, finish)], None if self._include_usage else UNSET)
-
     def feed(self, event: UpstreamEvent) -> Sequence[bytes]:
-        try:
-            obj = orjson.loads(event.data)
-        except orjson.JSONDecodeError:
-            raise UpstreamError("Ollama sent a stream line that is not JSON", upstream_status=502) from None
-        if not isinstance(obj, dict):
-            raise UpstreamError("Ollama sent a stream line that is not a JSON object", upstream_status=502)
+        obj = json_object(event.data, "Ollama sent a stream line")
         err = obj.get("error")
         if err is not None:
             # docs/api/errors.mdx: "If an error occurs mid-stream, the error will be returned as an object in
@@ -314,8 +249,8 @@ class OllamaStreamDecoder:
             raise UpstreamError(f"Ollama stream error: {err}", upstream_status=502)
         if self._done:
             return ()
-        if self._rmodel is None:
-            self._rmodel = _model(obj, self._model)
+        if self._out.response_model is None:
+            self._out.response_model = _model(obj, self._model)
         content, calls = _message(obj)
         if self._single:
             calls = _first_call(calls, already=self._tools)
@@ -327,18 +262,17 @@ class OllamaStreamDecoder:
                 fn = oa.ToolCallFunctionDelta(name=tc.function.name, arguments=tc.function.arguments)
                 deltas.append(oa.ToolCallDelta(index=self._tools, id=tc.id, type="function", function=fn))
                 self._tools += 1
-            out.append(self._chunk(oa.Delta(content=content or None, tool_calls=deltas or None)))
+            out.append(self._out.chunk(oa.Delta(content=content or None, tool_calls=deltas or None)))
         if obj.get("done") is True:
             self._done = True
             self._usage = _usage(obj)
-            self._finish = _finish(obj, self._tools > 0)
-            out.append(self._chunk(oa.Delta(), self._finish))
+            out.append(self._out.chunk(oa.Delta(), _finish(obj, self._tools > 0)))
         return out
 
     def finish(self) -> Sequence[bytes]:
         if not self._done or self._usage is None:
             raise UpstreamError("Ollama stream ended before its final `done` line", upstream_status=502)
-        return (self._envelope([], self._usage.to_openai()),) if self._include_usage else ()
+        return self._out.usage_tail(self._usage)
 
 
 # ---- adapter ---------------------------------------------------------------------------------------------
@@ -383,27 +317,15 @@ class OllamaAdapter:
     def decode_chat(
         self, body: bytes, *, model: str, ident: StreamIdentity, single_tool_call: bool = False
     ) -> Completion:
-        obj = _loads(body)
+        obj = json_object(body, "Ollama sent a body")
         if "error" in obj:
             raise UpstreamError(f"Ollama error: {obj['error']}", upstream_status=502)
         content, raw_calls = _message(obj)
         if single_tool_call:
             raw_calls = _first_call(raw_calls)
         calls = [_call(raw, i, ident) for i, raw in enumerate(raw_calls)]
-        usage = _usage(obj)
         finish = _finish(obj, bool(calls))
-        rmodel = _model(obj, model)
-        message = oa.ResponseMessage(content=None if calls and not content else content)
-        if calls:
-            message.tool_calls = calls
-        out = oa.ChatCompletion(
-            id=ident.id,
-            created=ident.created,
-            model=rmodel,
-            choices=[oa.Choice(index=0, message=message, finish_reason=finish)],
-            usage=usage.to_openai(),
-        )
-        return Completion(body=oa.encode(out), usage=usage, response_model=rmodel, finish_reason=finish)
+        return completion(ident, _model(obj, model), text=content, tool_calls=calls, finish=finish, usage=_usage(obj))
 
     def stream_decoder(
         self, *, model: str, include_usage: bool, ident: StreamIdentity, single_tool_call: bool = False
@@ -439,22 +361,12 @@ class OllamaAdapter:
         return UpstreamRequest("/api/embed", orjson.dumps(body), _JSON)
 
     def decode_embeddings(self, body: bytes, *, model: str, encoding_format: str) -> EmbeddingsResult:
-        obj = _loads(body)
+        obj = json_object(body, "Ollama sent a body")
         vectors = obj.get("embeddings")
         if not isinstance(vectors, list) or not all(isinstance(v, list) for v in vectors):
             raise UpstreamError("Ollama sent a body without an `embeddings` list", upstream_status=502)
-        data = []
-        for i, vec in enumerate(vectors):
-            if encoding_format == "base64":
-                # openai-python decodes array.array("f", b64decode(data)): float32, little-endian on every
-                # platform it runs on. Ollama's vectors are float32 (api/types.go `[][]float32`): lossless.
-                try:
-                    packed = struct.pack(f"<{len(vec)}f", *vec)
-                except struct.error:
-                    raise UpstreamError("Ollama sent a non-numeric embedding", upstream_status=502) from None
-                data.append(Embedding(index=i, embedding=base64.b64encode(packed).decode("ascii")))
-            else:
-                data.append(Embedding(index=i, embedding=vec))
+        # Ollama's vectors are float32 (api/types.go `[][]float32`): base64 float32 loses nothing.
+        data = [embedding(i, vec, encoding_format, provider="Ollama") for i, vec in enumerate(vectors)]
         usage = Usage(prompt_tokens=_count(obj, "prompt_eval_count"))
         rmodel = _model(obj, model)
         out = EmbeddingResponse(data=data, model=rmodel, usage=EmbeddingUsage(usage.prompt_tokens, usage.prompt_tokens))

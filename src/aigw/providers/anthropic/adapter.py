@@ -25,6 +25,8 @@ from aigw.providers.base import (
     UpstreamRequest,
     parse_retry_after,
 )
+from aigw.providers.convert import arguments_json
+from aigw.providers.output import completion
 from aigw.schema import chat as oa
 
 DEFAULT_VERSION = "2023-06-01"
@@ -33,8 +35,9 @@ DEFAULT_VERSION = "2023-06-01"
 def _tool_call(block: wire.ContentBlock) -> oa.ResponseToolCall:
     # `input` is a JSON object; OpenAI carries arguments as a JSON string. Anthropic's toolu_… id is kept: the
     # client sends it back as tool_call_id, and it becomes the tool_result's tool_use_id unchanged.
-    arguments = orjson.dumps(block.input if block.input is not None else {}).decode()
-    return oa.ResponseToolCall(id=block.id, function=oa.FunctionCall(name=block.name, arguments=arguments))
+    return oa.ResponseToolCall(
+        id=block.id, function=oa.FunctionCall(name=block.name, arguments=arguments_json(block.input))
+    )
 
 
 def _error_from_body(status: int, body: bytes, headers: Mapping[str, str]) -> UpstreamError:
@@ -124,22 +127,11 @@ class AnthropicAdapter:
         # that are consecutive pieces of the same prose.
         text = "".join(b.text for b in msg.content if b.type == "text")
         calls = [_tool_call(b) for b in msg.content if b.type == "tool_use"]
-        usage = usage_from(msg.usage)
         finish = wire.finish_reason(msg.stop_reason)
-        rmodel = msg.model or model
-        message = oa.ResponseMessage(content=None if calls and not text else text)
-        if calls:
-            message.tool_calls = calls
-        out = oa.ChatCompletion(
-            # The gateway's id, not Anthropic's msg_…: a stream and a plain answer then look alike, and the
-            # client-visible id is the one the gateway logs and meters under.
-            id=ident.id,
-            created=ident.created,
-            model=rmodel,
-            choices=[oa.Choice(index=0, message=message, finish_reason=finish)],
-            usage=usage.to_openai(),
+        # The gateway's id, not Anthropic's msg_… (see output.completion).
+        return completion(
+            ident, msg.model or model, text=text, tool_calls=calls, finish=finish, usage=usage_from(msg.usage)
         )
-        return Completion(body=oa.encode(out), usage=usage, response_model=rmodel, finish_reason=finish)
 
     def stream_decoder(
         self, *, model: str, include_usage: bool, ident: StreamIdentity, single_tool_call: bool = False

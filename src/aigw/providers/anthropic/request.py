@@ -19,9 +19,8 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import orjson
-
 from aigw.errors import InvalidRequest
+from aigw.providers.convert import arguments_object, data_uri, json_schema
 from aigw.schema import chat as oa  # the OpenAI side of every translation
 
 Block = dict[str, Any]
@@ -79,15 +78,8 @@ def _text_blocks(content: str | Sequence[oa.TextPart | oa.RefusalPart] | None, r
     return out
 
 
-def _data_uri(url: str) -> tuple[str, str] | None:
-    head, sep, data = url.partition(",")
-    if not (url.startswith("data:") and sep and head.endswith(";base64")):
-        return None
-    return head[len("data:") : -len(";base64")].lower(), data
-
-
 def _image(url: str) -> Block:
-    inline = _data_uri(url)
+    inline = data_uri(url)
     if inline is not None:
         media_type, data = inline
         media_type = "image/jpeg" if media_type == "image/jpg" else media_type  # a common client spelling
@@ -102,7 +94,7 @@ def _image(url: str) -> Block:
 def _document(file: Mapping[str, Any]) -> Block:
     # OpenAI's `file` part with inline PDF bytes ↔ Anthropic's base64 `document` block. File ids name OpenAI's
     # own file store, which Anthropic cannot read.
-    inline = _data_uri(str(file.get("file_data") or ""))
+    inline = data_uri(str(file.get("file_data") or ""))
     if inline is None or inline[0] != "application/pdf":
         raise _bad("Anthropic takes files only as inline PDFs: file.file_data = data:application/pdf;base64,...")
     return {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": inline[1]}}
@@ -129,14 +121,7 @@ def _user_blocks(m: oa.UserMessage, raw: object) -> list[Block]:
 
 
 def _tool_use(tc: oa.ToolCall) -> Block:
-    raw = tc.function.arguments
-    try:
-        args = orjson.loads(raw) if raw.strip() else {}  # some clients send "" for a no-argument call
-    except orjson.JSONDecodeError:
-        args = None
-    if not isinstance(args, dict):
-        raise _bad(f"tool call {tc.id}: function.arguments must be a JSON object string")
-    return {"type": "tool_use", "id": tool_id(tc.id), "name": tc.function.name, "input": args}
+    return {"type": "tool_use", "id": tool_id(tc.id), "name": tc.function.name, "input": arguments_object(tc)}
 
 
 def _tool_result(call_id: str, content: str | Sequence[oa.TextPart] | None, raw: object) -> Block:
@@ -251,9 +236,8 @@ def translate_response_format(rf: Mapping[str, Any]) -> Block | None:
     if kind == "text":
         return None
     if kind == "json_schema":
-        spec = rf.get("json_schema")
-        schema = spec.get("schema") if isinstance(spec, Mapping) else None
-        if not isinstance(schema, Mapping):
+        schema = json_schema(rf)
+        if schema is None:
             raise _bad("response_format json_schema needs json_schema.schema for Anthropic", "response_format")
         return {"format": {"type": "json_schema", "schema": schema}}
     if kind == "json_object":

@@ -20,11 +20,11 @@ from typing import assert_never
 
 import msgspec
 import orjson
-from msgspec import UNSET, UnsetType
 
 from aigw.errors import UpstreamError
 from aigw.providers.anthropic import wire
 from aigw.providers.base import StreamIdentity, UpstreamEvent
+from aigw.providers.output import ChunkWriter, WriterStream
 from aigw.schema import chat as oa
 from aigw.schema.usage import Usage
 
@@ -65,32 +65,14 @@ def _merge(old: wire.Usage, new: wire.Usage) -> wire.Usage:
     )
 
 
-class AnthropicStreamDecoder:
+class AnthropicStreamDecoder(WriterStream):
     """Per-request state of one Anthropic stream (not shared, not thread-safe)."""
 
-    __slots__ = (
-        "_args_sent",
-        "_done",
-        "_finish",
-        "_finish_sent",
-        "_ident",
-        "_include_usage",
-        "_model",
-        "_rmodel",
-        "_started",
-        "_tools",
-        "_usage",
-    )
+    __slots__ = ("_args_sent", "_done", "_out", "_tools", "_usage")
 
     def __init__(self, *, model: str, include_usage: bool, ident: StreamIdentity) -> None:
-        self._model = model
-        self._include_usage = include_usage
-        self._ident = ident
-        self._rmodel: str | None = None
+        self._out = ChunkWriter(ident, model, include_usage)  # the role rides on the first real chunk (see above)
         self._usage: wire.Usage | None = None  # raw Anthropic counts so far (message_start, then message_delta)
-        self._finish: str | None = None
-        self._finish_sent = False
-        self._started = False  # a chunk went out, so the role has been sent
         self._tools: dict[int, int] = {}  # content block index → OpenAI tool-call index
         self._args_sent: set[int] = set()  # tool blocks that have sent a non-empty arguments fragment
         self._done = False  # message_stop seen
@@ -100,33 +82,12 @@ class AnthropicStreamDecoder:
         # Available from message_start on, so a stream that breaks midway still meters its prompt tokens.
         return usage_from(self._usage) if self._usage is not None else None
 
-    @property
-    def response_model(self) -> str | None:
-        return self._rmodel
-
-    @property
-    def finish_reason(self) -> str | None:
-        return self._finish
-
-    # -- chunk building -----------------------------------------------------------------------------------
-
-    def _envelope(self, choices: list[oa.ChunkChoice], usage: oa.CompletionUsage | UnsetType | None) -> bytes:
-        ident = self._ident
-        return oa.encode(oa.ChatCompletionChunk(ident.id, ident.created, self._rmodel or self._model, choices, usage))
-
-    def _chunk(self, delta: oa.Delta, finish: str | None = None) -> bytes:
-        if not self._started:
-            delta.role = "assistant"  # merged into the first real chunk (see the module docstring)
-            self._started = True
-        # As OpenAI does: `usage` is null on every chunk but the last when the client asked for usage.
-        return self._envelope([oa.ChunkChoice(0, delta, finish)], None if self._include_usage else UNSET)
-
     def _tool_delta(self, block: int, arguments: str, *, call_id: str | None = None, name: str | None = None) -> bytes:
         # The header delta (id, type, name) opens a call, as OpenAI's does; fragments carry index + arguments only.
         fn = oa.ToolCallFunctionDelta(name=name, arguments=arguments)
         kind = "function" if call_id is not None else None
         call = oa.ToolCallDelta(index=self._tools[block], id=call_id, type=kind, function=fn)
-        return self._chunk(oa.Delta(tool_calls=[call]))
+        return self._out.chunk(oa.Delta(tool_calls=[call]))
 
     # -- events ----------------------------------------------------------------------------------------------
 
@@ -150,7 +111,7 @@ class AnthropicStreamDecoder:
             return ()
         match ev:
             case wire.MessageStart(message=m):
-                self._rmodel = m.model or None
+                self._out.response_model = m.model or None
                 self._usage = m.usage
                 return ()
             case wire.ContentBlockStart(index=i, content_block=b):
@@ -166,9 +127,9 @@ class AnthropicStreamDecoder:
                 return ()
             case wire.MessageDelta(delta=d, usage=u):
                 self._usage = _merge(self._usage or wire.Usage(), u)
-                if d.stop_reason is None or self._finish_sent:
+                if d.stop_reason is None or self._out.finish_reason is not None:
                     return ()
-                return (self._finish_chunk(wire.finish_reason(d.stop_reason)),)
+                return (self._out.chunk(oa.Delta(), wire.finish_reason(d.stop_reason)),)
             case wire.MessageStop():
                 self._done = True
                 return ()
@@ -179,7 +140,7 @@ class AnthropicStreamDecoder:
 
     def _block_start(self, index: int, block: wire.ContentBlock) -> Sequence[bytes]:
         if block.type == "text":
-            return (self._chunk(oa.Delta(content=block.text)),) if block.text else ()
+            return (self._out.chunk(oa.Delta(content=block.text)),) if block.text else ()
         if block.type != "tool_use":
             return ()  # thinking, redacted_thinking, server tool blocks: nothing OpenAI's chunk can carry
         self._tools[index] = len(self._tools)
@@ -192,21 +153,16 @@ class AnthropicStreamDecoder:
 
     def _block_delta(self, index: int, delta: wire.BlockDelta) -> Sequence[bytes]:
         if delta.type == "text_delta" and delta.text:
-            return (self._chunk(oa.Delta(content=delta.text)),)
+            return (self._out.chunk(oa.Delta(content=delta.text)),)
         if delta.type == "input_json_delta" and delta.partial_json and index in self._tools:
             self._args_sent.add(index)
             return (self._tool_delta(index, delta.partial_json),)
         return ()  # thinking_delta, signature_delta, citations_delta, empty fragments
 
-    def _finish_chunk(self, finish: str) -> bytes:
-        self._finish = finish
-        self._finish_sent = True
-        return self._chunk(oa.Delta(), finish)
-
     def finish(self) -> Sequence[bytes]:
         if not self._done:
             raise UpstreamError("Anthropic stream ended before message_stop", upstream_status=502)
-        out = [] if self._finish_sent else [self._finish_chunk("stop")]  # message_stop without a stop reason
-        if self._include_usage:
-            out.append(self._envelope([], (self.usage or Usage()).to_openai()))
-        return out
+        out = self._out
+        # message_stop without a stop reason still ends with a finish chunk.
+        last = () if out.finish_reason is not None else (out.chunk(oa.Delta(), "stop"),)
+        return [*last, *out.usage_tail(self.usage or Usage())]

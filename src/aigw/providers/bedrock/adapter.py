@@ -9,7 +9,6 @@ that exact path must reach Bedrock -- SigV4 signs the path as sent.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
 from urllib.parse import quote
 
 import msgspec
@@ -29,6 +28,8 @@ from aigw.providers.base import (
 )
 from aigw.providers.bedrock import embeddings, request, wire
 from aigw.providers.bedrock.stream import BedrockStreamDecoder
+from aigw.providers.convert import arguments_json
+from aigw.providers.output import completion
 from aigw.schema import chat as oa
 
 _JSON = {"content-type": "application/json"}
@@ -44,11 +45,6 @@ def default_endpoint(region: str) -> str:
 
 def model_path(model: str, operation: str) -> str:
     return f"/model/{quote(model, safe='')}/{operation}"
-
-
-def _arguments(value: Any) -> str:
-    # toolUse.input is a JSON document (an object for every tool); OpenAI wants it as a JSON string.
-    return orjson.dumps(value if value is not None else {}).decode()
 
 
 class BedrockAdapter:
@@ -78,7 +74,8 @@ class BedrockAdapter:
         calls = [
             oa.ResponseToolCall(
                 id=b.tool_use.tool_use_id,
-                function=oa.FunctionCall(name=b.tool_use.name, arguments=_arguments(b.tool_use.input)),
+                # toolUse.input is a JSON document (an object for every tool); OpenAI wants it as a JSON string.
+                function=oa.FunctionCall(name=b.tool_use.name, arguments=arguments_json(b.tool_use.input)),
             )
             for b in blocks
             # A call to the no-tools placeholder is dropped: the client offered no tools (see request.py).
@@ -90,19 +87,10 @@ class BedrockAdapter:
             del calls[1:]
         # Text blocks are joined without a separator, exactly as the same answer streams.
         text = "".join(texts)
-        message = oa.ResponseMessage(content=None if calls and not text else text)
-        if calls:
-            message.tool_calls = calls
         finish = wire.finish_reason(resp.stop_reason, tool_calls=bool(calls))
         usage = (resp.usage or wire.TokenUsage()).normalized()
-        out = oa.ChatCompletion(
-            id=ident.id,
-            created=ident.created,
-            model=model,  # Converse's answer does not name a model: report the one asked for
-            choices=[oa.Choice(index=0, message=message, finish_reason=finish)],
-            usage=usage.to_openai(),
-        )
-        return Completion(body=oa.encode(out), usage=usage, response_model=model, finish_reason=finish)
+        # Converse's answer does not name a model: report the one asked for.
+        return completion(ident, model, text=text, tool_calls=calls, finish=finish, usage=usage)
 
     def stream_decoder(
         self, *, model: str, include_usage: bool, ident: StreamIdentity, single_tool_call: bool = False

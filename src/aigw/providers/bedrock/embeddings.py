@@ -17,8 +17,6 @@ Cohere Embed. Converse has no embeddings operation; the body is each model famil
 
 from __future__ import annotations
 
-import base64
-import struct
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,6 +24,7 @@ import orjson
 
 from aigw.errors import InvalidRequest, UpstreamError
 from aigw.providers.base import EmbeddingsInput, EmbeddingsResult, UpstreamRequest
+from aigw.providers.convert import embedding, json_object
 from aigw.schema import chat as oa
 from aigw.schema.embeddings import Embedding, EmbeddingResponse, EmbeddingUsage
 from aigw.schema.usage import Usage
@@ -73,16 +72,6 @@ def encode(emb: EmbeddingsInput, *, path: str, model: str) -> UpstreamRequest:
     return requests[0]
 
 
-def _loads(body: bytes) -> dict[str, Any]:
-    try:
-        parsed = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        raise UpstreamError("Bedrock sent an embeddings body that is not JSON", upstream_status=502) from None
-    if not isinstance(parsed, dict):
-        raise UpstreamError("Bedrock sent an embeddings body that is not a JSON object", upstream_status=502)
-    return parsed
-
-
 def _vectors(obj: dict[str, Any]) -> tuple[list[list[float]], int]:
     """The vectors of one InvokeModel answer and its input token count."""
     vectors: Any
@@ -99,25 +88,13 @@ def _vectors(obj: dict[str, Any]) -> tuple[list[list[float]], int]:
     return vectors, count if isinstance(count, int) else 0
 
 
-def _item(index: int, vec: list[float], encoding_format: str) -> Embedding:
-    if encoding_format != "base64":
-        return Embedding(index=index, embedding=vec)
-    # openai-python decodes base64 embeddings as little-endian float32 (array("f") on every platform it runs on);
-    # Bedrock's vectors are float32 already, so nothing is lost.
-    try:
-        packed = struct.pack(f"<{len(vec)}f", *vec)
-    except struct.error:
-        raise UpstreamError("Bedrock sent a non-numeric embedding", upstream_status=502) from None
-    return Embedding(index=index, embedding=base64.b64encode(packed).decode("ascii"))
-
-
 def decode_batch(bodies: Sequence[bytes], *, model: str, encoding_format: str) -> EmbeddingsResult:
     data: list[Embedding] = []
     tokens = 0
     for body in bodies:
-        vectors, count = _vectors(_loads(body))
+        vectors, count = _vectors(json_object(body, "Bedrock sent an embeddings body"))
         tokens += count
-        data.extend(_item(len(data), vec, encoding_format) for vec in vectors)
+        data.extend(embedding(len(data), vec, encoding_format, provider="Bedrock") for vec in vectors)
     usage = Usage(prompt_tokens=tokens)
     out = EmbeddingResponse(data=data, model=model, usage=EmbeddingUsage(tokens, tokens))
     return EmbeddingsResult(oa.encode(out), usage, model)

@@ -27,6 +27,7 @@ from typing import Any
 import orjson
 
 from aigw.errors import InvalidRequest
+from aigw.providers.convert import arguments_object, data_uri, json_schema
 from aigw.schema import chat as oa
 
 Block = dict[str, Any]
@@ -74,9 +75,9 @@ def _text_blocks(content: str | Sequence[oa.TextPart | oa.RefusalPart] | None) -
 
 
 def _image(url: str) -> Block:
-    head, sep, data = url.partition(",")
-    if url.startswith("data:") and sep and head.endswith(";base64") and data:
-        media = head[5:-7].split(";", 1)[0].strip().lower()
+    inline = data_uri(url)
+    if inline is not None and inline[1]:
+        media, data = inline[0].split(";", 1)[0].strip(), inline[1]
         fmt = _IMAGE_FORMATS.get(media)
         if fmt is None:
             raise InvalidRequest(
@@ -107,13 +108,7 @@ def _user_blocks(content: str | Sequence[oa.ContentPart]) -> list[Block]:
 
 
 def _tool_use(call: oa.ToolCall) -> Block:
-    raw = call.function.arguments
-    try:
-        args = orjson.loads(raw) if raw.strip() else {}  # some clients send "" for a call without arguments
-    except orjson.JSONDecodeError:
-        args = None
-    if not isinstance(args, dict):
-        raise InvalidRequest(f"tool call {call.id}: function.arguments must be a JSON object string", param="messages")
+    args = arguments_object(call)
     return {"toolUse": {"toolUseId": tool_use_id(call.id), "name": call.function.name, "input": args}}
 
 
@@ -219,8 +214,8 @@ def output_config(response_format: dict[str, Any] | None) -> dict[str, Any] | No
         return None
     if kind == "json_schema":
         spec = response_format.get("json_schema")
-        schema = spec.get("schema") if isinstance(spec, dict) else None
-        if not isinstance(schema, dict):
+        schema = json_schema(response_format)
+        if schema is None:
             raise InvalidRequest(
                 "response_format.json_schema.schema must be a JSON schema object", param="response_format"
             )

@@ -19,13 +19,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import msgspec
-from msgspec import UNSET, UnsetType
 
 from aigw.errors import UpstreamError
 from aigw.providers.base import StreamIdentity, UpstreamEvent
 from aigw.providers.bedrock import wire
 from aigw.providers.bedrock.request import NO_TOOLS_PLACEHOLDER
 from aigw.providers.eventstream import ERROR_PREFIX, EXCEPTION_PREFIX
+from aigw.providers.output import ChunkWriter, WriterStream
 from aigw.schema import chat as oa
 from aigw.schema.usage import Usage
 
@@ -55,32 +55,19 @@ def stream_exception(event: UpstreamEvent) -> UpstreamError:
     return wire.exception_error(kind, message, status=None)
 
 
-class BedrockStreamDecoder:
+class BedrockStreamDecoder(WriterStream):
     """``single_tool_call`` (the client sent ``parallel_tool_calls: false``): only the first tool call is emitted."""
 
-    __slots__ = (
-        "_args_seen",
-        "_finish",
-        "_ident",
-        "_ignored",
-        "_include_usage",
-        "_metadata",
-        "_model",
-        "_single",
-        "_started",
-        "_stopped",
-        "_tools",
-        "_usage",
-    )
+    __slots__ = ("_args_seen", "_ignored", "_metadata", "_out", "_single", "_stopped", "_tools", "_usage")
 
     def __init__(
         self, *, model: str, include_usage: bool, ident: StreamIdentity, single_tool_call: bool = False
     ) -> None:
-        self._model = model
-        self._include_usage = include_usage
-        self._ident = ident
+        # The role rides on the first real chunk, never alone on messageStart: the gateway commits to a target at
+        # its first chunk, and an exception right after messageStart must still be able to fall back.
+        self._out = ChunkWriter(ident, model, include_usage)
+        self._out.response_model = model  # Converse does not name the model in its answer: it is the one asked for
         self._single = single_tool_call
-        self._started = False  # a chunk went out, so the role has been sent
         # contentBlockIndex → OpenAI tool_calls index. Bedrock numbers every content block (text blocks too), so a
         # text block at 0 and calls at 1 and 2 must become tool calls 0 and 1 (parallel calls keep their order).
         self._tools: dict[int, int] = {}
@@ -88,7 +75,6 @@ class BedrockStreamDecoder:
         # Blocks of calls the client must not see: to the no-tools placeholder (see request.py), and every call after
         # the first when single_tool_call.
         self._ignored: set[int] = set()
-        self._finish: str | None = None
         self._stopped = False
         self._metadata = False
         self._usage: Usage | None = None
@@ -97,27 +83,8 @@ class BedrockStreamDecoder:
     def usage(self) -> Usage | None:
         return self._usage
 
-    @property
-    def response_model(self) -> str | None:
-        return self._model  # Converse does not name the model in its answer: it is the one asked for
-
-    @property
-    def finish_reason(self) -> str | None:
-        return self._finish
-
-    def _envelope(self, choices: list[oa.ChunkChoice], usage: oa.CompletionUsage | UnsetType | None) -> bytes:
-        return oa.encode(oa.ChatCompletionChunk(self._ident.id, self._ident.created, self._model, choices, usage))
-
-    def _chunk(self, delta: oa.Delta, finish: str | None = None) -> bytes:
-        if not self._started:
-            # The role rides on the first real chunk, never alone on messageStart: the gateway commits to a target
-            # at its first chunk, and an exception right after messageStart must still be able to fall back.
-            delta.role = "assistant"
-            self._started = True
-        return self._envelope([oa.ChunkChoice(0, delta, finish)], None if self._include_usage else UNSET)
-
     def _tool_chunk(self, call: oa.ToolCallDelta) -> bytes:
-        return self._chunk(oa.Delta(tool_calls=[call]))
+        return self._out.chunk(oa.Delta(tool_calls=[call]))
 
     def feed(self, event: UpstreamEvent) -> Sequence[bytes]:
         kind = event.type
@@ -133,7 +100,7 @@ class BedrockStreamDecoder:
             ev = _DELTA.decode(data)
             index = ev.content_block_index
             if ev.delta.text:
-                return (self._chunk(oa.Delta(content=ev.delta.text)),)
+                return (self._out.chunk(oa.Delta(content=ev.delta.text)),)
             if ev.delta.tool_use is not None:
                 if index in self._ignored:
                     return ()
@@ -180,8 +147,8 @@ class BedrockStreamDecoder:
             if self._stopped:
                 return ()
             self._stopped = True
-            self._finish = wire.finish_reason(stop.stop_reason, tool_calls=bool(self._tools))
-            return (self._chunk(oa.Delta(), self._finish),)
+            finish = wire.finish_reason(stop.stop_reason, tool_calls=bool(self._tools))
+            return (self._out.chunk(oa.Delta(), finish),)
         if kind == "metadata":
             meta = _METADATA.decode(data)
             self._metadata = True
@@ -194,4 +161,4 @@ class BedrockStreamDecoder:
             raise UpstreamError("Bedrock's stream ended before its messageStop event", upstream_status=502)
         if not self._metadata or self._usage is None:
             raise UpstreamError("Bedrock's stream ended before its metadata (usage) event", upstream_status=502)
-        return (self._envelope([], self._usage.to_openai()),) if self._include_usage else ()
+        return self._out.usage_tail(self._usage)
