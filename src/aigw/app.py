@@ -23,6 +23,7 @@ from aigw.config import Settings, load_settings
 from aigw.errors import GatewayError, InvalidRequest, NotFound
 from aigw.gateway import Gateway
 from aigw.metering import UsageRecorder
+from aigw.pricing import PriceTable
 from aigw.providers import build_upstream
 from aigw.providers.transport import close_session, make_session
 from aigw.routing import Router, Target
@@ -78,7 +79,12 @@ def create_app(settings: Settings) -> Starlette:
             settings=settings,
             engine=engine,
             gateway=Gateway(
-                _router(settings), upstreams, recorder, breaker, request_timeout_s=settings.request_timeout_s
+                _router(settings),
+                upstreams,
+                recorder,
+                breaker,
+                request_timeout_s=settings.request_timeout_s,
+                prices=PriceTable(settings.pricing),
             ),
             redis=redis,
             transitions=transitions,

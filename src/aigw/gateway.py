@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import TypeVar
 
 from aigw.breaker import Outcome, Permit
@@ -17,6 +18,7 @@ from aigw.errors import ClientDisconnected, GatewayError, UpstreamError
 from aigw.fallback import Chain, ChainFailed
 from aigw.fallback import Served as ServedBy
 from aigw.metering import UsageRecorder
+from aigw.pricing import PriceTable
 from aigw.providers.base import ChatInput, Completion, EmbeddingsInput, EmbeddingsResult, StreamIdentity
 from aigw.providers.transport import Upstream, UpstreamStream
 from aigw.routing import Router, Target
@@ -43,6 +45,7 @@ class Served:
     body: bytes
     provider: str
     attempts: int  # targets called (x-aigw-attempts)
+    cost_usd: Decimal | None = None  # None: the model has no price
 
 
 def new_identity() -> StreamIdentity:
@@ -58,7 +61,10 @@ class Gateway:
         breaker: BreakerStore,
         *,
         request_timeout_s: float = 120.0,
+        prices: PriceTable | None = None,
     ) -> None:
+        self.prices = prices
+        self.unpriced = 0  # requests whose model has no price (cost recorded as null, never a made-up 0)
         self.router = router
         self.upstreams = upstreams
         self.breaker = breaker
@@ -74,8 +80,9 @@ class Gateway:
         target: Target | None,
         usage: Usage | None,
         error: GatewayError | None = None,
-    ) -> None:
+    ) -> Decimal | None:
         u = usage or Usage()
+        cost = self._cost(target, u) if usage is not None else Decimal(0)
         self._recorder.record(
             UsageRecord(
                 request_id=ctx.request_id,
@@ -89,7 +96,7 @@ class Gateway:
                 completion_tokens=u.completion_tokens,
                 cached_prompt_tokens=u.cached_prompt_tokens,
                 cache_write_tokens=u.cache_write_tokens,
-                cost_usd=None,  # priced from the table with issue 5; null = not priced, never a made-up 0
+                cost_usd=cost,
                 status=status,
                 latency_ms=(time.perf_counter() - ctx.started) * 1000.0,
                 stream=ctx.stream,
@@ -97,6 +104,15 @@ class Gateway:
                 error_type=error.error_type if error else None,
             )
         )
+        return cost
+
+    def _cost(self, target: Target | None, usage: Usage) -> Decimal | None:
+        if self.prices is None or target is None:
+            return None
+        cost = self.prices.cost(self.upstreams[target.provider].kind, target.model, usage)
+        if cost is None:
+            self.unpriced += 1
+        return cost
 
     async def _run(
         self, ctx: CallContext, call: Callable[[Target, Upstream], Awaitable[T]], *, hold_on_success: bool = False
@@ -125,8 +141,8 @@ class Gateway:
             return await upstream.chat(chat, target.model, new_identity())
 
         served = await self._run(ctx, call)
-        self._record(ctx, status=200, target=served.target, usage=served.value.usage)
-        return Served(served.value.body, served.target.provider, served.attempts)
+        cost = self._record(ctx, status=200, target=served.target, usage=served.value.usage)
+        return Served(served.value.body, served.target.provider, served.attempts, cost)
 
     async def chat_stream(self, ctx: CallContext, chat: ChatInput) -> CommittedStream:
         """Open a stream on the first target that delivers a first chunk (the commit point): every failure before
@@ -147,8 +163,8 @@ class Gateway:
             return await upstream.embed(emb, target.model, fmt)
 
         served = await self._run(ctx, call)
-        self._record(ctx, status=200, target=served.target, usage=served.value.usage)
-        return Served(served.value.body, served.target.provider, served.attempts)
+        cost = self._record(ctx, status=200, target=served.target, usage=served.value.usage)
+        return Served(served.value.body, served.target.provider, served.attempts, cost)
 
 
 class CommittedStream:

@@ -46,5 +46,7 @@ async def chat_completions(request: Request) -> Response | ASGIApp:
             "x-aigw-provider": served.provider,
             "x-aigw-attempts": str(served.attempts),
             "x-aigw-cache": CACHE_STATUS,
+            # Omitted when the model has no price: an unknown cost is not a zero cost.
+            **({"x-aigw-cost-usd": format(served.cost_usd, "f")} if served.cost_usd is not None else {}),
         },
     )
