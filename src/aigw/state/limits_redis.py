@@ -1,0 +1,181 @@
+"""The Redis rate-limit store: one sliding-window log per tenant, shared by every replica, changed only by Lua.
+
+Each check or settle is ONE ``EVALSHA`` (loaded on ``NOSCRIPT``) of ``lua/limits_check.lua`` or
+``lua/limits_settle.lua``, which run the rules of ``aigw.ratelimit`` with Redis ``TIME`` as the clock (replicas with
+skewed clocks agree) and return what the ``x-ratelimit-*`` headers need in the same round trip. Keys
+(``<prefix>{<tenant>}:r``, ``:t``, ``:h``) share a hash tag and expire two windows after the tenant's last write.
+
+Redis trouble never reaches the caller. A failed or slow call (``op_timeout_s`` bounds it) marks Redis down for
+``retry_interval_s`` (calls meanwhile skip it instead of paying a timeout each), then Redis is tried again.
+While down, ``fail_open=True`` (default) decides with the ``fallback`` memory store — per-replica limits, logged and
+counted in ``degraded_calls`` — and ``fail_open=False`` refuses every check with ``Verdict.reason`` set (counted in
+``refused_unavailable``). Reservations from the fallback are tagged ``local`` and settled there; a Redis reservation
+whose settle fails is dropped (its estimate stays charged until it leaves the window) and counted in
+``dropped_settles``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib.resources import files
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import NoScriptError, RedisError
+
+from aigw.ratelimit import WINDOW_S, Reservation, Verdict, WindowState, decision
+from aigw.state.limits_memory import MemoryLimitStore
+
+__all__ = ["UNAVAILABLE", "RedisLimitStore"]
+
+log = logging.getLogger(__name__)
+
+UNAVAILABLE = "rate limiter unavailable"
+
+
+@dataclass(frozen=True, slots=True)
+class _Script:
+    source: str
+    sha: str
+
+    @classmethod
+    def load(cls, name: str) -> _Script:
+        source = files("aigw.state").joinpath("lua", name).read_text(encoding="utf-8")
+        return cls(source, hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest())
+
+
+def _num(value: Any) -> float | None:
+    if isinstance(value, bytes):
+        value = value.decode()
+    return None if value in ("", None) else float(value)
+
+
+class RedisLimitStore:
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        prefix: str = "aigw:rl:",
+        fallback: MemoryLimitStore,
+        fail_open: bool = True,
+        clock: Callable[[], float] | None = None,
+        window_s: float = WINDOW_S,
+        op_timeout_s: float = 0.25,
+        retry_interval_s: float = 1.0,
+        warn_interval_s: float = 30.0,
+    ) -> None:
+        """``clock`` is for tests only: it replaces Redis TIME in the scripts (leave it None in production)."""
+        self._redis = redis
+        self._prefix = prefix
+        self._fallback = fallback
+        self.fail_open = fail_open
+        self._clock = clock
+        self.window_s = window_s
+        self._ttl_s = math.ceil(2 * window_s)
+        self._op_timeout_s = op_timeout_s
+        self._retry_interval_s = retry_interval_s
+        self._warn_interval_s = warn_interval_s
+        self._check_script = _Script.load("limits_check.lua")
+        self._settle_script = _Script.load("limits_settle.lua")
+        self.degraded_calls = 0  # checks/settles answered locally because Redis failed or was being skipped
+        self.refused_unavailable = 0  # checks refused because Redis was down and fail_open is False
+        self.dropped_settles = 0  # Redis reservations that could not be settled
+        self.redis_errors = 0
+        self._skip_until = -math.inf
+        self._next_warning = -math.inf
+
+    @property
+    def degraded(self) -> bool:
+        """True while calls skip Redis (after a recent failure)."""
+        return time.monotonic() < self._skip_until
+
+    def _keys(self, tenant: str) -> tuple[str, str, str]:
+        base = f"{self._prefix}{{{tenant}}}:"
+        return base + "r", base + "t", base + "h"
+
+    async def check(self, tenant: str, rpm: int | None, tpm: int | None, tokens_estimate: int) -> Verdict:
+        estimate = max(0, tokens_estimate)
+        if rpm is None and tpm is None:
+            return Verdict(True, None, None, Reservation(tenant, None, 0))
+        if not self.degraded:
+            args = (self._now(), _limit(rpm), _limit(tpm), estimate, repr(self.window_s), self._ttl_s)
+            try:
+                reply = await self._eval(self._check_script, self._keys(tenant), *args)
+            except (RedisError, OSError, TimeoutError) as exc:
+                self._degrade(exc)
+            else:
+                return self._verdict(tenant, rpm, tpm, estimate, reply)
+        if not self.fail_open:
+            self.refused_unavailable += 1
+            return Verdict(False, None, None, None, UNAVAILABLE)
+        self.degraded_calls += 1
+        verdict = await self._fallback.check(tenant, rpm, tpm, estimate)
+        if verdict.reservation is None:
+            return verdict
+        local = Reservation(tenant, verdict.reservation.entry, verdict.reservation.reserved, local=True)
+        return Verdict(verdict.allowed, verdict.requests, verdict.tokens, local)
+
+    async def settle(self, reservation: Reservation, actual_tokens: int) -> None:
+        if reservation.local:
+            await self._fallback.settle(reservation, actual_tokens)
+            return
+        if reservation.entry is None:
+            return
+        if not self.degraded:
+            _, tokens_key, hash_key = self._keys(reservation.tenant)
+            args = (self._now(), reservation.entry, max(0, actual_tokens), repr(self.window_s), self._ttl_s)
+            try:
+                await self._eval(self._settle_script, (tokens_key, hash_key), *args)
+                return
+            except (RedisError, OSError, TimeoutError) as exc:
+                self._degrade(exc)
+        self.dropped_settles += 1
+
+    def _verdict(self, tenant: str, rpm: int | None, tpm: int | None, estimate: int, reply: Any) -> Verdict:
+        ok, entry, now_s, r_used, r_free, r_newest, t_used, t_free, t_newest = reply
+        admitted, now = bool(int(ok)), _num(now_s) or 0.0
+        requests = tokens = None
+        if rpm is not None:
+            state = WindowState(int(r_used), _num(r_free), _num(r_newest))
+            requests = decision(rpm, state, 1, admitted, now, self.window_s)
+        if tpm is not None:
+            state = WindowState(int(t_used), _num(t_free), _num(t_newest))
+            tokens = decision(tpm, state, estimate, admitted, now, self.window_s)
+        reservation = None
+        if admitted:
+            reservation = Reservation(tenant, int(entry) if tpm is not None else None, estimate)
+        return Verdict(admitted, requests, tokens, reservation)
+
+    def _now(self) -> str:
+        return "" if self._clock is None else repr(self._clock())
+
+    async def _eval(self, script: _Script, keys: tuple[str, ...], *args: str | int) -> Any:
+        async with asyncio.timeout(self._op_timeout_s):
+            try:
+                return await self._redis.evalsha(script.sha, len(keys), *keys, *args)
+            except NoScriptError:
+                await self._redis.script_load(script.source)
+                return await self._redis.evalsha(script.sha, len(keys), *keys, *args)
+
+    def _degrade(self, exc: BaseException) -> None:
+        self.redis_errors += 1
+        now = time.monotonic()
+        self._skip_until = now + self._retry_interval_s
+        if now >= self._next_warning:
+            self._next_warning = now + self._warn_interval_s
+            log.warning(
+                "rate limiter: Redis unavailable (%r); %s, retrying every %.1f s",
+                exc,
+                "deciding with this replica's local limits" if self.fail_open else "refusing requests (fail-closed)",
+                self._retry_interval_s,
+            )
+
+
+def _limit(value: int | None) -> str:
+    return "" if value is None else str(value)
