@@ -27,7 +27,7 @@ from aigw.pricing import PriceTable
 from aigw.providers import build_upstream
 from aigw.providers.transport import close_session, make_session
 from aigw.routing import Router, Target
-from aigw.state.factory import TransitionCounter, make_breaker, make_redis
+from aigw.state.factory import TransitionCounter, make_breaker, make_limits, make_redis
 from aigw.store.db import make_engine
 from aigw.store.tenants import TenantRepo
 from aigw.store.usage import UsageRepo
@@ -85,6 +85,7 @@ def create_app(settings: Settings) -> Starlette:
                 breaker,
                 request_timeout_s=settings.request_timeout_s,
                 prices=PriceTable(settings.pricing),
+                limits=make_limits(settings, redis),
             ),
             redis=redis,
             transitions=transitions,

@@ -8,7 +8,7 @@ import asyncio
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TypeVar
@@ -17,10 +17,12 @@ from aigw.breaker import Outcome, Permit
 from aigw.errors import ClientDisconnected, GatewayError, UpstreamError
 from aigw.fallback import Chain, ChainFailed
 from aigw.fallback import Served as ServedBy
+from aigw.limits import headers_for, refusal
 from aigw.metering import UsageRecorder
 from aigw.pricing import PriceTable
 from aigw.providers.base import ChatInput, Completion, EmbeddingsInput, EmbeddingsResult, StreamIdentity
 from aigw.providers.transport import Upstream, UpstreamStream
+from aigw.ratelimit import LimitStore, Reservation
 from aigw.routing import Router, Target
 from aigw.schema.usage import Usage
 from aigw.state import BreakerStore
@@ -38,6 +40,9 @@ class CallContext:
     model: str  # as the client asked (alias or provider/model)
     started: float  # perf_counter at arrival
     stream: bool = False
+    token_estimate: int = 0  # the TPM reservation (aigw.limits); only computed when the tenant has a TPM limit
+    limit_headers: dict[str, str] = field(default_factory=dict)  # x-ratelimit-*, for every response
+    reservation: Reservation | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +67,10 @@ class Gateway:
         *,
         request_timeout_s: float = 120.0,
         prices: PriceTable | None = None,
+        limits: LimitStore | None = None,
     ) -> None:
+        self.limits = limits
+        self._settling: set[asyncio.Task[None]] = set()
         self.prices = prices
         self.unpriced = 0  # requests whose model has no price (cost recorded as null, never a made-up 0)
         self.router = router
@@ -82,6 +90,9 @@ class Gateway:
         error: GatewayError | None = None,
     ) -> Decimal | None:
         u = usage or Usage()
+        if ctx.reservation is not None:
+            self._settle(ctx.reservation, u.total_tokens)
+            ctx.reservation = None
         cost = self._cost(target, u) if usage is not None else Decimal(0)
         self._recorder.record(
             UsageRecord(
@@ -106,6 +117,25 @@ class Gateway:
         )
         return cost
 
+    def _settle(self, reservation: Reservation, tokens: int) -> None:
+        """TPM settle off the response path (a Redis round trip the client need not wait for)."""
+        if self.limits is None:
+            return
+        task = asyncio.get_running_loop().create_task(self.limits.settle(reservation, tokens))
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+
+    async def _admit(self, ctx: CallContext) -> None:
+        """The tenant's RPM/TPM limits, before anything else is done for the request (a 429 calls no upstream)."""
+        p = ctx.principal
+        if self.limits is None or (p.rate_limit_rpm is None and p.rate_limit_tpm is None):
+            return
+        verdict = await self.limits.check(p.tenant_id, p.rate_limit_rpm, p.rate_limit_tpm, ctx.token_estimate)
+        ctx.limit_headers = headers_for(verdict)
+        if not verdict.allowed:
+            raise refusal(verdict, ctx.limit_headers)
+        ctx.reservation = verdict.reservation
+
     def _cost(self, target: Target | None, usage: Usage) -> Decimal | None:
         if self.prices is None or target is None:
             return None
@@ -121,6 +151,7 @@ class Gateway:
         number of targets tried in its headers."""
         target: Target | None = None
         try:
+            await self._admit(ctx)
             targets = self.router.resolve(ctx.model)
             deadline = asyncio.get_running_loop().time() + self._request_timeout_s
             try:
@@ -130,6 +161,8 @@ class Gateway:
                 failed.error.headers["x-aigw-attempts"] = str(failed.attempts)
                 raise failed.error from None
         except GatewayError as err:
+            for k, v in ctx.limit_headers.items():
+                err.headers.setdefault(k, v)
             self._record(ctx, status=err.http_status, target=target, usage=None, error=err)
             raise
         except asyncio.CancelledError:  # the client went away (api.disconnect): still one ledger row

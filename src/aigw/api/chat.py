@@ -13,6 +13,7 @@ from aigw.api.deps import client_principal, request_id, services
 from aigw.api.disconnect import until_disconnect
 from aigw.api.sse import SSEResponse
 from aigw.gateway import CallContext
+from aigw.limits import estimate_chat
 from aigw.providers.base import ChatInput
 from aigw.schema.chat import ChatCompletionRequest
 
@@ -27,6 +28,8 @@ async def chat_completions(request: Request) -> Response | ASGIApp:
     raw = await read_json_object(request, svc.settings.max_body_bytes)
     req = typed(raw, ChatCompletionRequest)
     ctx = CallContext(principal, request_id(request), req.model, started, stream=bool(req.stream))
+    if principal.rate_limit_tpm is not None:
+        ctx.token_estimate = estimate_chat(req, svc.settings.rate_limits.estimate_output_tokens)
     chat = ChatInput(req, raw)
     if req.stream:
         committed = await until_disconnect(request.receive, svc.gateway.chat_stream(ctx, chat))
@@ -36,6 +39,7 @@ async def chat_completions(request: Request) -> Response | ASGIApp:
                 "x-aigw-provider": committed.provider,
                 "x-aigw-attempts": str(committed.attempts),
                 "x-aigw-cache": CACHE_STATUS,
+                **ctx.limit_headers,
             },
         )
     served = await until_disconnect(request.receive, svc.gateway.chat(ctx, chat))
@@ -46,6 +50,7 @@ async def chat_completions(request: Request) -> Response | ASGIApp:
             "x-aigw-provider": served.provider,
             "x-aigw-attempts": str(served.attempts),
             "x-aigw-cache": CACHE_STATUS,
+            **ctx.limit_headers,
             # Omitted when the model has no price: an unknown cost is not a zero cost.
             **({"x-aigw-cost-usd": format(served.cost_usd, "f")} if served.cost_usd is not None else {}),
         },

@@ -11,6 +11,7 @@ from aigw.api.bodies import read_json_object, typed
 from aigw.api.deps import client_principal, request_id, services
 from aigw.api.disconnect import until_disconnect
 from aigw.gateway import CallContext
+from aigw.limits import estimate_embeddings
 from aigw.providers.base import EmbeddingsInput
 from aigw.schema.embeddings import EmbeddingRequest
 
@@ -22,6 +23,8 @@ async def embeddings(request: Request) -> Response:
     raw = await read_json_object(request, svc.settings.max_body_bytes)
     req = typed(raw, EmbeddingRequest)
     ctx = CallContext(principal, request_id(request), req.model, started)
+    if principal.rate_limit_tpm is not None:
+        ctx.token_estimate = estimate_embeddings(req)
     served = await until_disconnect(request.receive, svc.gateway.embed(ctx, EmbeddingsInput(req, raw)))
-    headers = {"x-aigw-provider": served.provider, "x-aigw-attempts": str(served.attempts)}
+    headers = {"x-aigw-provider": served.provider, "x-aigw-attempts": str(served.attempts), **ctx.limit_headers}
     return Response(served.body, media_type="application/json", headers=headers)

@@ -133,6 +133,13 @@ class WebhookSink(_Model):
 EventSink = Annotated[SqsSink | SnsSink | WebhookSink, Field(discriminator="type")]
 
 
+class RateLimitConfig(_Model):
+    # With redis_url: when Redis does not answer, decide with this process's own counters (True) or refuse (False).
+    fail_open: bool = True
+    # The output part of a request's TPM reservation when it sets no max_tokens (settled with the real usage after).
+    estimate_output_tokens: Annotated[int, Field(ge=0)] = 512
+
+
 class UsageConfig(_Model):
     """The usage ledger's batching (records are written off the request path)."""
 
@@ -155,6 +162,7 @@ class Settings(_Model):
     cache: CacheConfig = CacheConfig()
     circuit_breaker: BreakerConfig = BreakerConfig()
     usage: UsageConfig = UsageConfig()
+    rate_limits: RateLimitConfig = RateLimitConfig()
     providers: list[ProviderConfig] = []
     models: list[ModelAlias] = []
     pricing: dict[str, PriceOverride] = {}

@@ -10,9 +10,12 @@ from redis.backoff import NoBackoff
 
 from aigw.breaker import BreakerPolicy, CircuitState
 from aigw.config import Settings
+from aigw.ratelimit import LimitStore
 from aigw.state import BreakerStore
 from aigw.state.breaker_memory import MemoryBreakerStore
 from aigw.state.breaker_redis import RedisBreakerStore
+from aigw.state.limits_memory import MemoryLimitStore
+from aigw.state.limits_redis import RedisLimitStore
 
 # Short socket timeouts: a slow or dead Redis must degrade the gateway to local state, not stall requests.
 REDIS_SOCKET_TIMEOUT_S = 0.25
@@ -57,3 +60,10 @@ def make_breaker(settings: Settings, redis: Redis | None, on_transition: Transit
     if redis is None:
         return local
     return RedisBreakerStore(redis, policy, fallback=local, on_transition=on_transition)
+
+
+def make_limits(settings: Settings, redis: Redis | None) -> LimitStore:
+    local = MemoryLimitStore()
+    if redis is None:
+        return local
+    return RedisLimitStore(redis, fallback=local, fail_open=settings.rate_limits.fail_open)
