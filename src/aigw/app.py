@@ -8,6 +8,7 @@ import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -27,8 +28,10 @@ from aigw.pricing import PriceTable
 from aigw.providers import build_upstream
 from aigw.providers.transport import close_session, make_session
 from aigw.routing import Router, Target
-from aigw.state.factory import TransitionCounter, make_breaker, make_limits, make_redis
+from aigw.state.budgets import month_of, month_start
+from aigw.state.factory import TransitionCounter, make_breaker, make_budgets, make_limits, make_redis
 from aigw.store.db import make_engine
+from aigw.store.spend import spend_since
 from aigw.store.tenants import TenantRepo
 from aigw.store.usage import UsageRepo
 from aigw.tenancy import KeyCache, KeySync
@@ -73,6 +76,7 @@ def create_app(settings: Settings) -> Starlette:
         redis = make_redis(settings.redis_url) if settings.redis_url else None
         transitions = TransitionCounter()
         breaker = make_breaker(settings, redis, transitions)
+        budgets = make_budgets(redis)
         keys = KeyCache()
         sync = KeySync(tenants, keys, settings.key_sync_interval_s)
         svc = Services(
@@ -86,6 +90,7 @@ def create_app(settings: Settings) -> Starlette:
                 request_timeout_s=settings.request_timeout_s,
                 prices=PriceTable(settings.pricing),
                 limits=make_limits(settings, redis),
+                budgets=budgets,
             ),
             redis=redis,
             transitions=transitions,
@@ -97,6 +102,11 @@ def create_app(settings: Settings) -> Starlette:
             key_sync=sync,
         )
         app.state.aigw = svc
+        try:
+            now = datetime.now(UTC)  # this month's spend so far, once: budgets then run on the running totals
+            await budgets.seed(month_of(now), await spend_since(engine, month_start(now)))
+        except Exception as exc:
+            log.error("could not read this month's spend at start (%s); budgets count from now", type(exc).__name__)
         try:
             await sync.load()
         except Exception as exc:  # start anyway: /healthz answers, /readyz says why not, the sync retries

@@ -7,14 +7,14 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from aigw.breaker import Outcome, Permit
-from aigw.errors import ClientDisconnected, GatewayError, UpstreamError
+from aigw.errors import BudgetExceeded, ClientDisconnected, GatewayError, UpstreamError
 from aigw.fallback import Chain, ChainFailed
 from aigw.fallback import Served as ServedBy
 from aigw.limits import headers_for, refusal
@@ -26,6 +26,7 @@ from aigw.ratelimit import LimitStore, Reservation
 from aigw.routing import Router, Target
 from aigw.schema.usage import Usage
 from aigw.state import BreakerStore
+from aigw.state.budgets import BudgetStore, month_of
 from aigw.store.usage import UsageRecord
 from aigw.tenancy import Principal
 
@@ -68,9 +69,11 @@ class Gateway:
         request_timeout_s: float = 120.0,
         prices: PriceTable | None = None,
         limits: LimitStore | None = None,
+        budgets: BudgetStore | None = None,
     ) -> None:
         self.limits = limits
-        self._settling: set[asyncio.Task[None]] = set()
+        self.budgets = budgets
+        self._background: set[asyncio.Task[None]] = set()
         self.prices = prices
         self.unpriced = 0  # requests whose model has no price (cost recorded as null, never a made-up 0)
         self.router = router
@@ -90,10 +93,12 @@ class Gateway:
         error: GatewayError | None = None,
     ) -> Decimal | None:
         u = usage or Usage()
-        if ctx.reservation is not None:
-            self._settle(ctx.reservation, u.total_tokens)
+        if ctx.reservation is not None and self.limits is not None:
+            self._spawn(self.limits.settle(ctx.reservation, u.total_tokens))
             ctx.reservation = None
         cost = self._cost(target, u) if usage is not None else Decimal(0)
+        if cost and self.budgets is not None:
+            self._spawn(self.budgets.add(ctx.principal.tenant_id, month_of(datetime.now(UTC)), cost))
         self._recorder.record(
             UsageRecord(
                 request_id=ctx.request_id,
@@ -117,17 +122,23 @@ class Gateway:
         )
         return cost
 
-    def _settle(self, reservation: Reservation, tokens: int) -> None:
-        """TPM settle off the response path (a Redis round trip the client need not wait for)."""
-        if self.limits is None:
-            return
-        task = asyncio.get_running_loop().create_task(self.limits.settle(reservation, tokens))
-        self._settling.add(task)
-        task.add_done_callback(self._settling.discard)
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Bookkeeping after the response (TPM settle, spend totals): a Redis round trip the client need not wait
+        for. The set keeps the tasks referenced until they finish."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _admit(self, ctx: CallContext) -> None:
-        """The tenant's RPM/TPM limits, before anything else is done for the request (a 429 calls no upstream)."""
+        """Budget, then RPM/TPM limits, before anything else is done for the request (no upstream is called)."""
         p = ctx.principal
+        if p.monthly_budget_usd is not None and self.budgets is not None:
+            spent = await self.budgets.spent(p.tenant_id, month_of(datetime.now(UTC)))
+            if spent >= p.monthly_budget_usd:
+                raise BudgetExceeded(
+                    f"This tenant's monthly budget of ${p.monthly_budget_usd} is spent (${spent:.6f} this month, UTC); "
+                    "raise monthly_budget_usd or wait for the next month"
+                )
         if self.limits is None or (p.rate_limit_rpm is None and p.rate_limit_tpm is None):
             return
         verdict = await self.limits.check(p.tenant_id, p.rate_limit_rpm, p.rate_limit_tpm, ctx.token_estimate)

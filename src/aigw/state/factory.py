@@ -14,6 +14,7 @@ from aigw.ratelimit import LimitStore
 from aigw.state import BreakerStore
 from aigw.state.breaker_memory import MemoryBreakerStore
 from aigw.state.breaker_redis import RedisBreakerStore
+from aigw.state.budgets import BudgetStore, MemoryBudgetStore, RedisBudgetStore
 from aigw.state.limits_memory import MemoryLimitStore
 from aigw.state.limits_redis import RedisLimitStore
 
@@ -67,3 +68,8 @@ def make_limits(settings: Settings, redis: Redis | None) -> LimitStore:
     if redis is None:
         return local
     return RedisLimitStore(redis, fallback=local, fail_open=settings.rate_limits.fail_open)
+
+
+def make_budgets(redis: Redis | None) -> BudgetStore:
+    local = MemoryBudgetStore()
+    return local if redis is None else RedisBudgetStore(redis, fallback=local)
