@@ -24,6 +24,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SCALE = float(os.environ.get("BENCH_SCALE", "1.0"))
 ADMIN = "bench-admin-key-0123456789"
 CLK = os.sysconf("SC_CLK_TCK")
+# BENCH_LIMITS=0 benchmarks a tenant without rate limits/budget; BENCH_REDIS=redis://… shares state through Redis.
+LIMITS = os.environ.get("BENCH_LIMITS", "1") != "0"
+REDIS_URL = os.environ.get("BENCH_REDIS", "")
 
 
 def n(x: int) -> int:
@@ -149,8 +152,7 @@ def main() -> int:
         cfg.write_text(
             f"admin_key: {ADMIN}\n"
             f"database_url: sqlite+aiosqlite:///{tmp}/bench.db\n"
-            "log_level: warning\n"
-            "providers:\n"
+            "log_level: warning\n" + (f"redis_url: {REDIS_URL}\n" if REDIS_URL else "") + "providers:\n"
             f"  - {{name: mock, type: openai, base_url: '{mock}/v1', api_key: sk-bench}}\n"
             "models:\n"
             "  - {name: bench, targets: [{provider: mock, model: bench-model}]}\n"
@@ -168,7 +170,9 @@ def main() -> int:
         try:
             wait_http(gw + "/healthz")
             time.sleep(0.2)
-            tenant = admin(gw, "POST", "/admin/tenants", {"name": "bench"})
+            # Limits and a budget far above what the run uses: their checks are on the path, never refusing.
+            limits = {"rate_limit_rpm": 10**9, "rate_limit_tpm": 10**12, "monthly_budget_usd": 10**6} if LIMITS else {}
+            tenant = admin(gw, "POST", "/admin/tenants", {"name": "bench", **limits})
             key = str(tenant["api_key"])
             results = asyncio.run(measure(gw, mock, key, procs[1].pid))
             time.sleep(1.5)  # the usage ledger flushes every 0.5 s
@@ -178,7 +182,11 @@ def main() -> int:
                 p.terminate()
             for p in procs:
                 p.wait(15)
-    print("\naigw benchmark (gateway on core 0; mock upstream + load generator on core 1; 1 worker, SQLite, usage on)")
+    state = f"Redis {REDIS_URL}" if REDIS_URL else "in-process state"
+    print(
+        "\naigw benchmark (gateway on core 0; mock upstream + load generator on core 1; 1 worker, SQLite, usage on, "
+        f"{'RPM/TPM limits + budget' if LIMITS else 'no limits'}, {state})"
+    )
     print(table(results))
     recorded = int(usage["requests"])  # type: ignore[call-overload]
     print(f"  usage records written: {recorded} of {results['gateway_requests']:.0f} gateway requests (incl. warm-up)")
