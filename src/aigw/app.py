@@ -3,6 +3,7 @@ resources (database engine, upstream HTTP session, background tasks). Nothing is
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -23,7 +24,7 @@ from aigw.api.middleware import RequestIdMiddleware
 from aigw.config import Settings, load_settings
 from aigw.errors import GatewayError, InvalidRequest, NotFound
 from aigw.gateway import Gateway
-from aigw.metering import UsageRecorder
+from aigw.metering import UsageRecorder, prune_forever
 from aigw.pricing import PriceTable
 from aigw.providers import build_upstream
 from aigw.providers.transport import close_session, make_session
@@ -113,10 +114,17 @@ def create_app(settings: Settings) -> Starlette:
             log.error("could not load API keys at start (%s); will retry in the background", type(exc).__name__)
         sync.start()
         recorder.start()
+        retention = (
+            asyncio.get_running_loop().create_task(prune_forever(usage, settings.usage.retention_days))
+            if settings.usage.retention_days
+            else None
+        )
         log.info("aigw ready: %d providers, %d aliases, %d keys", len(upstreams), len(settings.models), len(keys))
         try:
             yield
         finally:
+            if retention is not None:
+                retention.cancel()
             await sync.stop()
             await recorder.stop()
             await close_session(session)

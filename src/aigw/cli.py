@@ -1,4 +1,5 @@
-"""``aigw serve`` / ``aigw migrate``: parse flags and AIGW_CONFIG, then hand over to app/store. No logic here."""
+"""``aigw serve`` / ``aigw migrate`` / ``aigw usage``: parse flags and AIGW_CONFIG, then hand over to app/store.
+No logic here beyond formatting ``aigw usage``'s table."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import logging
 import os
 import signal
 import sys
+from datetime import date
+from decimal import Decimal
 from pathlib import Path
 from types import FrameType
 
@@ -79,6 +82,56 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _day(value: str) -> date:
+    try:
+        if len(value) != 10:
+            raise ValueError(value)
+        return date.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date as YYYY-MM-DD: {value!r}") from None
+
+
+def cmd_usage(args: argparse.Namespace) -> int:
+    """Per-tenant totals over UTC days [--from, --to] (inclusive), from the daily rollups."""
+    import asyncio
+
+    from aigw.store.db import make_engine
+    from aigw.store.usage import TenantUsage, UsageRepo
+
+    settings = _settings(_config_path(args.config))
+    if args.start is not None and args.end is not None and args.start > args.end:
+        print(f"aigw: --from {args.start} is after --to {args.end}", file=sys.stderr)  # noqa: T201
+        return 2
+
+    async def fetch() -> list[TenantUsage]:
+        engine = make_engine(settings.database_url)
+        try:
+            return await UsageRepo(engine).tenants_report(start=args.start, end=args.end, tenant_id=args.tenant)
+        finally:
+            await engine.dispose()
+
+    try:
+        rows = asyncio.run(fetch())
+    except Exception as exc:  # unreachable or unmigrated database: say so plainly, no traceback
+        print(f"aigw: cannot read usage from the database ({type(exc).__name__}); run `aigw migrate`?", file=sys.stderr)  # noqa: T201
+        return 1
+    period = f"{args.start or 'beginning'} .. {args.end or 'now'} (UTC days, inclusive)"
+    table: list[tuple[str, ...]] = [("TENANT", "NAME", "REQUESTS", "PROMPT", "COMPLETION", "COST_USD")]
+    table += [
+        (r.tenant_id, r.name or "-", str(r.requests), str(r.prompt_tokens), str(r.completion_tokens), f"{r.cost_usd:f}")
+        for r in rows
+    ]
+    total = (sum(r.requests for r in rows), sum(r.prompt_tokens for r in rows), sum(r.completion_tokens for r in rows))
+    cost = sum((r.cost_usd for r in rows), Decimal("0E-9"))
+    table.append(("TOTAL", "", *(str(n) for n in total), f"{cost:f}"))
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    print(f"usage {period}")  # noqa: T201
+    for row in table:
+        cells = [c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))]
+        print("  ".join(cells).rstrip())  # noqa: T201
+    return 0
+
+
 def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(0)
 
@@ -97,6 +150,12 @@ def main(argv: list[str] | None = None) -> int:
     migrate = sub.add_parser("migrate", help="apply database migrations to database_url")
     migrate.add_argument("--config", help="config file (default: $AIGW_CONFIG)")
     migrate.set_defaults(func=cmd_migrate)
+    usage = sub.add_parser("usage", help="print per-tenant usage for a period (from the daily rollups)")
+    usage.add_argument("--config", help="config file (default: $AIGW_CONFIG)")
+    usage.add_argument("--from", dest="start", type=_day, help="first UTC day, YYYY-MM-DD (default: all time)")
+    usage.add_argument("--to", dest="end", type=_day, help="last UTC day, inclusive, YYYY-MM-DD (default: today)")
+    usage.add_argument("--tenant", help="only this tenant id")
+    usage.set_defaults(func=cmd_usage)
     args = parser.parse_args(argv)
     rc: int = args.func(args)
     return rc

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
+from datetime import UTC, datetime, timedelta
 
 from aigw.store.usage import UsageRecord, UsageRepo
 
@@ -99,3 +100,16 @@ class UsageRecorder:
             await asyncio.wait_for(self._flush_some(), timeout=timeout_s)
         if self._pending:
             log.error("shutdown: %d usage records could not be written", len(self._pending))
+
+
+async def prune_forever(repo: UsageRepo, retention_days: int, every_s: float = 3600.0) -> None:
+    """Retention: raw usage rows older than ``retention_days`` are deleted hourly (daily rollups are kept)."""
+    while True:
+        try:
+            cutoff = datetime.now(UTC) - timedelta(days=retention_days)
+            removed = await repo.prune(cutoff)
+            if removed:
+                log.info("retention: deleted %d usage records older than %s", removed, cutoff.date())
+        except Exception as exc:  # the database may be down: try again next time
+            log.warning("retention prune failed (%s)", type(exc).__name__)
+        await asyncio.sleep(every_s)

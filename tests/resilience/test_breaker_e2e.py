@@ -94,7 +94,7 @@ def test_half_open_admits_exactly_one_trial_and_its_success_closes(
     open_circuit(f, http, gw)
     before = transitions(gw)
     wait_for_cooldown(gw, KEY)
-    f.oai.inject(faults.hang(1.0))  # the trial stays in flight while the others arrive
+    f.oai.inject(faults.hang(1.6))  # the trial stays in flight while the others arrive (under the 2 s deadline)
     with ThreadPoolExecutor(CONCURRENT) as pool:
         futures = [pool.submit(http.post, CHAT, json=body("guarded")) for _ in range(CONCURRENT)]
         pending = as_completed(futures, timeout=10)

@@ -102,7 +102,7 @@ def test_half_open_admits_one_trial_across_replicas(replicas: tuple[Replica, Rep
     a, b = replicas
     open_through(b, fakes)
     wait_for_cooldown(a.gw, KEY)
-    fakes.oai.inject(faults.hang(1.0))  # the trial stays in flight while the others arrive
+    fakes.oai.inject(faults.hang(1.6))  # the trial stays in flight while the others arrive (under the 2 s deadline)
     with ThreadPoolExecutor(CONCURRENT) as pool:
         futures = [pool.submit((a, b)[i % 2].chat) for i in range(CONCURRENT)]
         pending = as_completed(futures, timeout=10)

@@ -10,9 +10,9 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import asdict
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 import orjson
@@ -193,12 +193,36 @@ async def revoke_key(request: Request) -> Response:
 
 
 async def tenant_usage(request: Request) -> Response:
+    """Contract totals and ``by_model``; ``?from=&to=`` (UTC days, both inclusive) and ``group_by=day`` (adds
+    ``by_day``). Read from the daily rollups."""
     svc = services(request)
     require_admin(request, svc)
+    start, end = _usage_day(request, "from"), _usage_day(request, "to")
+    if start is not None and end is not None and start > end:
+        raise InvalidRequest(f"'from' ({start}) is after 'to' ({end})", param="from")
+    raw_group_by = request.query_params.get("group_by", "model")
+    if raw_group_by not in ("model", "day"):
+        raise InvalidRequest(f"group_by must be 'model' or 'day', not {raw_group_by!r}", param="group_by")
+    group_by: Literal["model", "day"] = "day" if raw_group_by == "day" else "model"
     tenant = await _get(request)
     async with _db():
-        summary = await svc.usage.tenant_usage(tenant.id)
-    return _json(asdict(summary))
+        report = await svc.usage.report(tenant.id, start=start, end=end, group_by=group_by)
+    body = asdict(report.summary)
+    if report.by_day is not None:
+        body["by_day"] = [asdict(d) | {"day": d.day.isoformat()} for d in report.by_day]
+    return _json(body)
+
+
+def _usage_day(request: Request, param: str) -> date | None:
+    raw = request.query_params.get(param)
+    if raw is None or raw == "":
+        return None
+    try:
+        if len(raw) != 10:  # fromisoformat also takes 20261126 and 2026-W48-4: the contract says YYYY-MM-DD
+            raise ValueError(raw)
+        return date.fromisoformat(raw)
+    except ValueError:
+        raise InvalidRequest(f"{param} must be a date as YYYY-MM-DD, not {raw!r}", param=param) from None
 
 
 async def list_providers(request: Request) -> Response:

@@ -146,6 +146,8 @@ class UsageConfig(_Model):
     flush_interval_s: Annotated[float, Field(gt=0)] = 0.5
     batch_size: Annotated[int, Field(ge=1)] = 500
     max_pending: Annotated[int, Field(ge=1)] = 100_000
+    # Raw usage records older than this many days may be pruned (UsageRepo.prune); daily rollups are kept. None: keep.
+    retention_days: int | None = None
 
 
 class Settings(_Model):

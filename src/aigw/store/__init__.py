@@ -7,11 +7,12 @@ The only package that imports SQLAlchemy. Backends: SQLite (aiosqlite, the embed
 from aigw.store.db import make_engine, ping
 from aigw.store.errors import DuplicateKeyError, StoreError, TenantNotFoundError
 from aigw.store.tenants import UNSET, ApiKey, KeyGrant, Tenant, TenantRepo
-from aigw.store.usage import ModelUsage, UsageRecord, UsageRepo, UsageSummary
+from aigw.store.usage import DayUsage, ModelUsage, TenantUsage, UsageRecord, UsageRepo, UsageReport, UsageSummary
 
 __all__ = [
     "UNSET",
     "ApiKey",
+    "DayUsage",
     "DuplicateKeyError",
     "KeyGrant",
     "ModelUsage",
@@ -19,8 +20,10 @@ __all__ = [
     "Tenant",
     "TenantNotFoundError",
     "TenantRepo",
+    "TenantUsage",
     "UsageRecord",
     "UsageRepo",
+    "UsageReport",
     "UsageSummary",
     "make_engine",
     "ping",

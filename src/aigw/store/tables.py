@@ -6,6 +6,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    Date,
     Float,
     ForeignKey,
     Index,
@@ -83,5 +84,33 @@ usage_records = Table(
     Column("stream", Boolean, nullable=False),
     Column("cache_hit", Boolean, nullable=False, server_default=false()),
     Column("error_type", String(100), nullable=True),
+    # Index plan. Reports never scan this table (they read usage_daily), so it carries only what its own access
+    # paths need, each index costing every COPY a little:
+    # * (tenant_id, created_at): one tenant's raw records for a period (support, exports, the e2e tests' ledger).
+    # * (created_at): retention deletes (``UsageRepo.prune``), a range from the oldest row up to the cut-off.
+    # No index on model/provider/key_id: per-model totals come from usage_daily.
     Index(None, "tenant_id", "created_at"),
+    Index(None, "created_at"),
+)
+
+# Daily rollups of usage_records per (tenant, UTC day, model as sent, provider), kept in the same transaction as
+# each raw batch (``UsageRepo.insert_many``): reports read this table only, so they stay fast with millions of raw
+# rows and survive the raw rows' retention. Provider "" stands for an unknown provider (a NULL in a key column would
+# never conflict, so upserts could not find the row). Counters are BIGINT: a busy tenant's daily tokens outgrow INT.
+usage_daily = Table(
+    "usage_daily",
+    metadata,
+    Column("tenant_id", String(32), primary_key=True),
+    Column("day", Date, primary_key=True),  # UTC
+    Column("model", String(200), primary_key=True),
+    Column("provider", String(100), primary_key=True),
+    Column("requests", BigInteger, nullable=False),
+    Column("prompt_tokens", BigInteger, nullable=False),
+    Column("completion_tokens", BigInteger, nullable=False),
+    Column("cached_prompt_tokens", BigInteger, nullable=False),
+    Column("cache_write_tokens", BigInteger, nullable=False),
+    Column("cost_usd", Money(18, 9), nullable=False),  # priced records only; unknown prices add 0
+    Column("unpriced_requests", BigInteger, nullable=False),  # records whose cost_usd is null
+    # Serves the admin report and the CLI's all-tenant period totals: both filter on day.
+    Index(None, "day"),
 )

@@ -1,20 +1,19 @@
-"""Usage records: bulk writes from the metering task, and per-tenant totals for the admin API."""
+"""Usage records: bulk writes from the metering task (with their daily rollups), reports read from the rollups."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from datetime import datetime
+from datetime import UTC, date, datetime, time
 from decimal import Decimal
 from operator import attrgetter
 from typing import Any
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import delete, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from aigw.store.tables import usage_records
-
-_COST_QUANTUM = Decimal(1).scaleb(-9)  # usage_records.cost_usd is NUMERIC(18, 9)
+from aigw.store.rollups import GroupBy, aggregate, fetch_totals, money, tenant_name_query, totals_query, upsert
+from aigw.store.tables import usage_daily, usage_records
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,12 +61,37 @@ class UsageSummary:
     by_model: list[ModelUsage]
 
 
+@dataclass(frozen=True, slots=True)
+class DayUsage:
+    day: date  # UTC
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class UsageReport:
+    summary: UsageSummary
+    by_day: list[DayUsage] | None  # only when grouped by day
+
+
+@dataclass(frozen=True, slots=True)
+class TenantUsage:
+    tenant_id: str
+    name: str | None  # None: no such tenant row (usage is kept without a foreign key)
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: Decimal
+
+
 class UsageRepo:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
 
     async def insert_many(self, records: Sequence[UsageRecord]) -> None:
-        """Write a batch in one transaction: all of it or none of it."""
+        """Write a batch and its daily rollups in one transaction: all of it or none of it."""
         if not records:
             return
         async with self._engine.begin() as conn:
@@ -77,52 +101,76 @@ class UsageRepo:
                 await conn.execute(
                     insert(usage_records), [dict(zip(_COLUMNS, _values(r), strict=True)) for r in records]
                 )
+            # After the raw rows: they validate the batch (NOT NULL, aware datetimes) before it is aggregated.
+            await upsert(conn, aggregate(records))
 
     async def tenant_usage(self, tenant_id: str, since: datetime | None = None) -> UsageSummary:
-        """Totals for one tenant (from ``since`` on, if given), and the same per requested model."""
-        cols = usage_records.c
-        query = (
-            select(
-                cols.model,
-                func.count().label("requests"),
-                func.sum(cols.prompt_tokens).label("prompt_tokens"),
-                func.sum(cols.completion_tokens).label("completion_tokens"),
-                func.sum(cols.cost_usd).label("cost_usd"),  # SUM skips NULL: unknown prices add nothing
-            )
-            .where(cols.tenant_id == tenant_id)
-            .group_by(cols.model)
-            .order_by(cols.model)
-        )
+        """Totals for one tenant (from ``since`` on, if given), and the same per requested model.
+
+        Read from the daily rollups, so ``since`` must fall on a UTC midnight (use ``report`` for day ranges)."""
+        start = None
         if since is not None:
-            query = query.where(cols.created_at >= since)
+            start = since.astimezone(UTC).date()
+            if since != datetime.combine(start, time(), UTC):
+                raise ValueError(f"since={since.isoformat()} is not a UTC day boundary: usage is kept per UTC day")
+        return (await self.report(tenant_id, start=start)).summary
+
+    async def report(
+        self, tenant_id: str, *, start: date | None = None, end: date | None = None, group_by: GroupBy = "model"
+    ) -> UsageReport:
+        """One tenant's usage over UTC days [start, end] (inclusive; None = open), from ``usage_daily`` only.
+        Always totals and per-model; per-day too with ``group_by="day"``."""
+        cols = usage_daily.c
+        by_model_q = totals_query(cols.model, start, end).where(cols.tenant_id == tenant_id)
         async with self._engine.connect() as conn:
-            rows = (await conn.execute(query)).all()
-        by_model = [
-            ModelUsage(
-                model=row.model,
-                requests=int(row.requests),
-                prompt_tokens=int(row.prompt_tokens or 0),
-                completion_tokens=int(row.completion_tokens or 0),
-                cost_usd=_money(row.cost_usd),
-            )
-            for row in rows
-        ]
-        return UsageSummary(
+            models = await fetch_totals(conn, by_model_q)
+            days = None
+            if group_by == "day":
+                days = await fetch_totals(conn, totals_query(cols.day, start, end).where(cols.tenant_id == tenant_id))
+        by_model = [ModelUsage(t.key, t.requests, t.prompt_tokens, t.completion_tokens, t.cost_usd) for t in models]
+        summary = UsageSummary(
             requests=sum(m.requests for m in by_model),
             prompt_tokens=sum(m.prompt_tokens for m in by_model),
             completion_tokens=sum(m.completion_tokens for m in by_model),
-            cost_usd=sum((m.cost_usd for m in by_model), _money(None)),
+            cost_usd=sum((m.cost_usd for m in by_model), money(None)),
             by_model=by_model,
         )
+        if days is None:
+            return UsageReport(summary, None)
+        return UsageReport(
+            summary, [DayUsage(t.key, t.requests, t.prompt_tokens, t.completion_tokens, t.cost_usd) for t in days]
+        )
+
+    async def tenants_report(
+        self, *, start: date | None = None, end: date | None = None, tenant_id: str | None = None
+    ) -> list[TenantUsage]:
+        """Per-tenant totals over UTC days [start, end] (inclusive), for the ``aigw usage`` table; tenants without
+        usage in the period are left out."""
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(tenant_name_query(start, end, tenant_id))).all()
+        return [
+            TenantUsage(
+                tenant_id=row.key,
+                name=row.name,
+                requests=int(row.requests or 0),
+                prompt_tokens=int(row.prompt_tokens or 0),
+                completion_tokens=int(row.completion_tokens or 0),
+                cost_usd=money(row.cost_usd),
+            )
+            for row in rows
+        ]
+
+    async def prune(self, older_than: datetime) -> int:
+        """Delete raw records created before ``older_than`` (``usage.retention_days``); the daily rollups stay, so
+        reports are unchanged. Returns the number of rows deleted. Served by the index on ``created_at``."""
+        async with self._engine.begin() as conn:
+            result = await conn.execute(delete(usage_records).where(usage_records.c.created_at < older_than))
+        return int(result.rowcount)
 
     async def count(self, tenant_id: str) -> int:
         query = select(func.count()).select_from(usage_records).where(usage_records.c.tenant_id == tenant_id)
         async with self._engine.connect() as conn:
             return int((await conn.execute(query)).scalar_one())
-
-
-def _money(value: Decimal | None) -> Decimal:
-    return (value or Decimal(0)).quantize(_COST_QUANTUM)
 
 
 async def _copy(conn: AsyncConnection, records: Sequence[UsageRecord]) -> None:
