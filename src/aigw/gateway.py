@@ -93,12 +93,10 @@ class Gateway:
         error: GatewayError | None = None,
     ) -> Decimal | None:
         u = usage or Usage()
-        if ctx.reservation is not None and self.limits is not None:
-            self._spawn(self.limits.settle(ctx.reservation, u.total_tokens))
-            ctx.reservation = None
         cost = self._cost(target, u) if usage is not None else Decimal(0)
-        if cost and self.budgets is not None:
-            self._spawn(self.budgets.add(ctx.principal.tenant_id, month_of(datetime.now(UTC)), cost))
+        reservation, ctx.reservation = ctx.reservation, None
+        if reservation is not None or (cost and self.budgets is not None):
+            self._spawn(self._after(ctx.principal.tenant_id, reservation, u.total_tokens, cost))
         self._recorder.record(
             UsageRecord(
                 request_id=ctx.request_id,
@@ -121,6 +119,13 @@ class Gateway:
             )
         )
         return cost
+
+    async def _after(self, tenant: str, reservation: Reservation | None, tokens: int, cost: Decimal | None) -> None:
+        """One task per request for the bookkeeping after it: settle the TPM reservation, add to the month's spend."""
+        if reservation is not None and self.limits is not None:
+            await self.limits.settle(reservation, tokens)
+        if cost and self.budgets is not None:
+            await self.budgets.add(tenant, month_of(datetime.now(UTC)), cost)
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         """Bookkeeping after the response (TPM settle, spend totals): a Redis round trip the client need not wait

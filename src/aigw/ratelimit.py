@@ -125,20 +125,22 @@ class LimitStore(Protocol):
 @dataclass(slots=True)
 class _TenantLog:
     requests: deque[float] = field(default_factory=deque)  # admission times, oldest first
-    tokens: dict[int, tuple[float, int]] = field(default_factory=dict)  # entry -> (time, tokens), oldest first
+    # Token entries [time, tokens, entry id], oldest first, plus an index by id for settle. (A deque, not an
+    # insertion-ordered dict: popping a dict's front leaves dead slots that every later front lookup must skip.)
+    tokens: deque[list[float]] = field(default_factory=deque)
+    index: dict[int, list[float]] = field(default_factory=dict)
     used: int = 0  # sum of the token entries
 
     def trim(self, now: float, window: float) -> None:
         cutoff = now - window  # an entry at exactly now - window has left the window
         while self.requests and self.requests[0] <= cutoff:
             self.requests.popleft()
-        while self.tokens:
-            entry, (at, amount) = next(iter(self.tokens.items()))
-            if at > cutoff:
-                break
-            del self.tokens[entry]
-            self.used -= amount
-        if not self.tokens:
+        tokens = self.tokens
+        while tokens and tokens[0][0] <= cutoff:
+            _at, amount, entry = tokens.popleft()
+            del self.index[int(entry)]
+            self.used -= int(amount)
+        if not tokens:
             self.used = 0
 
 
@@ -184,10 +186,10 @@ class RateLimiter:
         if log is None:
             log = self._logs[reservation.tenant] = _TenantLog()
         log.trim(now, self.window_s)
-        held = log.tokens.get(reservation.entry)
+        held = log.index.get(reservation.entry)
         if held is not None:
-            log.tokens[reservation.entry] = (held[0], actual)  # same place in the log: same expiry
-            log.used += actual - held[1]
+            log.used += actual - int(held[1])
+            held[1] = actual  # same place in the log: same expiry
         else:
             self._add(log, now, actual)  # the reservation already left the window: charge the usage now
 
@@ -204,7 +206,9 @@ class RateLimiter:
 
     def _add(self, log: _TenantLog, now: float, amount: int) -> int:
         self._next_entry += 1
-        log.tokens[self._next_entry] = (now, amount)
+        item = [now, amount, self._next_entry]
+        log.tokens.append(item)
+        log.index[self._next_entry] = item
         log.used += amount
         return self._next_entry
 
@@ -217,13 +221,13 @@ class RateLimiter:
 
     def _token_state(self, log: _TenantLog, tpm: int, estimate: int) -> WindowState:
         used = log.used
-        newest = next(reversed(log.tokens.values()))[0] if log.tokens else None
+        newest = log.tokens[-1][0] if log.tokens else None
         if used == 0 or used + estimate <= tpm:
             return WindowState(used, None, newest)
         left = used
         free_at = None
-        for at, amount in log.tokens.values():  # oldest first: find when enough has left the window
-            left -= amount
+        for at, amount, _entry in log.tokens:  # oldest first: find when enough has left the window
+            left -= int(amount)
             if left <= 0 or left + estimate <= tpm:
                 free_at = at + self.window_s
                 break
