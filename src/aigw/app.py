@@ -74,7 +74,7 @@ def create_app(settings: Settings) -> Starlette:
             max_pending=settings.usage.max_pending,
         )
         upstreams = {p.name: build_upstream(p, session) for p in settings.providers if p.enabled}
-        redis = make_redis(settings.redis_url) if settings.redis_url else None
+        redis = make_redis(settings.redis_url, settings.redis_timeout_s) if settings.redis_url else None
         transitions = TransitionCounter()
         breaker = make_breaker(settings, redis, transitions)
         budgets = make_budgets(redis)

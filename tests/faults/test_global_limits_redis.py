@@ -34,6 +34,9 @@ def config(oai: FakeOpenAI, database_url: str, redis_url: str) -> dict[str, Any]
         "admin_key": ADMIN_KEY,
         "database_url": database_url,
         "redis_url": redis_url,
+        # These tests check sharing, not degradation: a slow moment in this busy test process must not count as
+        # Redis trouble (which would make a replica decide alone).
+        "redis_timeout_s": 2.0 if "127.0.0.1:1/" not in redis_url else 0.25,
         "key_sync_interval_s": KEY_SYNC_S,
         "usage": {"flush_interval_s": 0.05},
         "providers": [{"name": "oai", "type": "openai", "base_url": oai.base_url, "api_key": oai.api_key}],

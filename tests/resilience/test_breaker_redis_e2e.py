@@ -50,7 +50,11 @@ def replicas(
 ) -> Iterator[tuple[Replica, Replica]]:
     fakes.reset()
     gateways = [
-        start_gateway(gateway_config(fakes, new_db(sqlite_template, tmp_path_factory, name), redis_url=redis_url))
+        start_gateway(
+            gateway_config(
+                fakes, new_db(sqlite_template, tmp_path_factory, name), redis_url=redis_url, redis_timeout_s=2.0
+            )
+        )
         for name in ("a", "b")
     ]
     clients = [client_for(gw, gw.new_tenant("replica")["api_key"]) for gw in gateways]

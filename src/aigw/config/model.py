@@ -154,6 +154,8 @@ class Settings(_Model):
     admin_key: SecretStr
     database_url: str = "sqlite+aiosqlite:///./aigw.db"
     redis_url: str | None = None
+    # Any one Redis call slower than this counts as Redis trouble: that call falls back to this process's state.
+    redis_timeout_s: Annotated[float, Field(gt=0)] = 0.25
     max_body_bytes: Annotated[int, Field(ge=1024)] = 10 * 1024 * 1024
     # Deadline for serving a request across its whole chain of targets, retries and back-off included (for a
     # stream: until its first chunk). Retries x timeouts can never exceed it.

@@ -35,13 +35,13 @@ class TransitionCounter:
         return {state: n for (k, state), n in self.counts.items() if k == key}
 
 
-def make_redis(url: str) -> Redis:
+def make_redis(url: str, timeout_s: float = REDIS_SOCKET_TIMEOUT_S) -> Redis:
     # No client-side retries: redis-py's default retries with back-off would turn a Redis outage into seconds of
     # latency per request; every caller has its own fallback to local state instead.
     client: Redis = Redis.from_url(
         url,
-        socket_timeout=REDIS_SOCKET_TIMEOUT_S,
-        socket_connect_timeout=REDIS_SOCKET_TIMEOUT_S,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
         retry=Retry(NoBackoff(), 0),
     )
     return client
@@ -60,14 +60,18 @@ def make_breaker(settings: Settings, redis: Redis | None, on_transition: Transit
     local = MemoryBreakerStore(policy, on_transition=on_transition)
     if redis is None:
         return local
-    return RedisBreakerStore(redis, policy, fallback=local, on_transition=on_transition)
+    return RedisBreakerStore(
+        redis, policy, fallback=local, on_transition=on_transition, op_timeout_s=settings.redis_timeout_s
+    )
 
 
 def make_limits(settings: Settings, redis: Redis | None) -> LimitStore:
     local = MemoryLimitStore()
     if redis is None:
         return local
-    return RedisLimitStore(redis, fallback=local, fail_open=settings.rate_limits.fail_open)
+    return RedisLimitStore(
+        redis, fallback=local, fail_open=settings.rate_limits.fail_open, op_timeout_s=settings.redis_timeout_s
+    )
 
 
 def make_budgets(redis: Redis | None) -> BudgetStore:
