@@ -58,6 +58,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # Never below WARNING, even with log_level: debug: botocore's DEBUG lines include the canonical request it
+    # signs (session token included), and aiohttp's/asyncpg's can include URLs and query parameters.
+    for noisy in ("botocore", "aiohttp", "asyncpg", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     if settings.database_url.startswith("sqlite"):
         _migrate(settings)  # the embedded default needs no separate step; PostgreSQL is migrated explicitly
     common = {
