@@ -1,0 +1,206 @@
+"""Response cache stores: get/set/TTL on memory and Redis, byte-bounded LRU, and Redis trouble never raising."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.asyncio import Redis
+
+from aigw.state.cache_memory import CacheStore, MemoryCacheStore
+from aigw.state.cache_redis import RedisCacheStore
+
+PREFIX = "aigw:test:cache:"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+def backend(request: pytest.FixtureRequest) -> str | None:
+    # Resolved in a sync fixture: the Redis fixtures run their checks on a private loop, not inside the test's.
+    if request.param == "memory":
+        return None
+    url = request.getfixturevalue("redis_url")
+    assert isinstance(url, str)
+    return url
+
+
+@pytest.fixture
+async def store(backend: str | None) -> AsyncIterator[CacheStore]:
+    if backend is None:
+        yield MemoryCacheStore(max_bytes=1 << 20)
+        return
+    client = Redis.from_url(backend)
+    try:
+        yield RedisCacheStore(client, prefix=PREFIX)
+    finally:
+        await client.aclose()
+
+
+async def test_miss_then_hit(store: CacheStore) -> None:
+    assert await store.get("k1") is None
+    await store.set("k1", b'{"id":"chatcmpl-1"}', 60)
+    assert await store.get("k1") == b'{"id":"chatcmpl-1"}'
+    assert await store.get("k2") is None
+
+
+async def test_set_replaces(store: CacheStore) -> None:
+    await store.set("k", b"old", 60)
+    await store.set("k", b"new value", 60)
+    assert await store.get("k") == b"new value"
+
+
+async def test_binary_values_round_trip(store: CacheStore) -> None:
+    value = bytes(range(256)) * 4
+    await store.set("bin", value, 60)
+    assert await store.get("bin") == value
+
+
+async def test_non_positive_ttl_is_not_stored(store: CacheStore) -> None:
+    await store.set("zero", b"v", 0)
+    assert await store.get("zero") is None
+
+
+# ---- memory --------------------------------------------------------------------------------------------------
+
+
+async def test_memory_ttl_expiry_with_injected_clock() -> None:
+    clock = Clock()
+    s = MemoryCacheStore(max_bytes=100, clock=clock)
+    await s.set("k", b"abc", 10)
+    clock.now += 9.9
+    assert await s.get("k") == b"abc"
+    clock.now += 0.1
+    assert await s.get("k") is None
+    assert s.size_bytes == 0 and len(s) == 0  # an expired entry found on read is freed
+
+
+async def test_memory_evicts_least_recently_used_by_bytes() -> None:
+    s = MemoryCacheStore(max_bytes=10)
+    await s.set("a", b"aaaa", 60)
+    await s.set("b", b"bbbb", 60)
+    assert await s.get("a") == b"aaaa"  # a is now the most recently used
+    await s.set("c", b"cccc", 60)  # 12 bytes > 10: evict the LRU entry, b
+    assert await s.get("b") is None
+    assert await s.get("a") == b"aaaa"
+    assert await s.get("c") == b"cccc"
+    assert s.size_bytes == 8 and s.evictions == 1
+
+
+async def test_memory_evicts_as_many_as_needed() -> None:
+    s = MemoryCacheStore(max_bytes=10)
+    for k in "abcde":
+        await s.set(k, b"xx", 60)
+    await s.set("big", b"y" * 9, 60)
+    assert [await s.get(k) for k in "abcde"] == [None] * 5
+    assert await s.get("big") == b"y" * 9
+    assert s.size_bytes == 9 and s.evictions == 5
+
+
+async def test_memory_entry_exactly_max_bytes_fits() -> None:
+    s = MemoryCacheStore(max_bytes=4)
+    await s.set("k", b"1234", 60)
+    assert await s.get("k") == b"1234"
+
+
+async def test_memory_oversize_entry_is_not_stored_and_evicts_nothing() -> None:
+    s = MemoryCacheStore(max_bytes=10)
+    await s.set("small", b"123", 60)
+    await s.set("huge", b"x" * 11, 60)
+    assert await s.get("huge") is None
+    assert await s.get("small") == b"123"
+    assert s.size_bytes == 3 and s.evictions == 0
+
+
+async def test_memory_replacing_an_entry_frees_its_bytes() -> None:
+    s = MemoryCacheStore(max_bytes=10)
+    await s.set("k", b"12345678", 60)
+    await s.set("k", b"1234", 60)
+    await s.set("j", b"123456", 60)
+    assert s.size_bytes == 10 and s.evictions == 0
+    await s.set("k", b"x" * 11, 60)  # an oversize rewrite drops the old value rather than keep a stale one
+    assert await s.get("k") is None
+
+
+# ---- redis ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.redis
+async def test_redis_sets_ttl_and_prefix(redis_url: str) -> None:
+    client = Redis.from_url(redis_url)
+    try:
+        s = RedisCacheStore(client, prefix=PREFIX)
+        await s.set("k", b"v", 120)
+        ttl = await client.ttl(PREFIX + "k")
+        assert 110 <= ttl <= 120
+        assert await client.get(PREFIX + "k") == b"v"
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.redis
+async def test_redis_entry_expires(redis_url: str) -> None:
+    client = Redis.from_url(redis_url)
+    try:
+        s = RedisCacheStore(client, prefix=PREFIX)
+        await s.set("k", b"v", 1)
+        assert await s.get("k") == b"v"
+        await client.pexpire(PREFIX + "k", 1)  # shorten instead of sleeping through a second
+        deadline = time.monotonic() + 2.0
+        while await s.get("k") is not None and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+        assert await s.get("k") is None
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.redis
+async def test_two_replicas_share_entries(redis_url: str) -> None:
+    a, b = Redis.from_url(redis_url), Redis.from_url(redis_url)
+    try:
+        await RedisCacheStore(a, prefix=PREFIX).set("k", b"shared", 60)
+        assert await RedisCacheStore(b, prefix=PREFIX).get("k") == b"shared"
+    finally:
+        await a.aclose()
+        await b.aclose()
+
+
+async def test_redis_down_is_a_miss_and_a_dropped_write() -> None:
+    client = Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.2, socket_timeout=0.2)
+    try:
+        s = RedisCacheStore(client)
+        assert await s.get("k") is None
+        await s.set("k", b"v", 60)
+        assert await s.get("k") is None
+        assert s.redis_errors == 1  # then skipped while marked down, instead of paying a timeout each
+        assert s.dropped_sets == 1 and s.skipped_gets == 2
+        assert s.degraded
+    finally:
+        await client.aclose()
+
+
+async def test_redis_slow_call_times_out_as_a_miss() -> None:
+    # A local listener that accepts and never answers: a Redis that hangs (loopback only, no outside traffic).
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # until the client gives up and closes
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = Redis.from_url(f"redis://127.0.0.1:{port}/0", socket_connect_timeout=5, socket_timeout=5)
+    try:
+        s = RedisCacheStore(client, op_timeout_s=0.05)
+        assert await s.get("k") is None
+        assert s.redis_errors == 1
+    finally:
+        await client.aclose()
+        server.close()
+        await server.wait_closed()
