@@ -14,18 +14,12 @@ verdict is lost, and if it was the trial, the lease frees the slot.
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
 import logging
 import math
-import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
-from importlib.resources import files
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError, RedisError
 
 from aigw.breaker import (
     WINDOW_BUCKETS,
@@ -41,6 +35,7 @@ from aigw.breaker import (
     window_totals,
 )
 from aigw.state.breaker_memory import MemoryBreakerStore
+from aigw.state.redis_calls import REDIS_DOWN, GuardedStore, LuaScript, RedisGuard
 
 __all__ = ["RedisBreakerStore"]
 
@@ -50,16 +45,7 @@ _SNAPSHOT_FIELDS = ("st", "cf", "le", "oa", *(f"w{c}{i}" for i in range(WINDOW_B
 _STATES = {s.value: s for s in CircuitState}
 
 
-@dataclass(frozen=True, slots=True)
-class _Script:
-    source: str
-    sha: str
-
-    @classmethod
-    def load(cls, name: str) -> _Script:
-        source = files("aigw.state").joinpath("lua", name).read_text(encoding="utf-8")
-        # EVALSHA names a script by the SHA-1 of its text: computed here, the server need not be asked.
-        return cls(source, hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest())
+_Script = LuaScript  # the old name, kept for tests
 
 
 def _text(value: Any) -> str | None:
@@ -68,7 +54,7 @@ def _text(value: Any) -> str | None:
     return bytes(value).decode("utf-8", "replace")  # clients without decode_responses return bytes
 
 
-class RedisBreakerStore:
+class RedisBreakerStore(GuardedStore):
     def __init__(
         self,
         redis: Redis,
@@ -91,14 +77,12 @@ class RedisBreakerStore:
         self._fallback = fallback
         self._on_transition = on_transition
         self._clock = clock
-        self._op_timeout_s = op_timeout_s
-        self._retry_interval_s = retry_interval_s
-        self._warn_interval_s = warn_interval_s
+        self._guard = RedisGuard(self._warn, op_timeout_s, retry_interval_s, warn_interval_s)
         self.ttl_s = ttl_s or math.ceil(
             max(3600.0, 2 * (policy.cooldown_s + policy.trial_lease_s), 2 * policy.window_s)
         )
-        self._acquire_script = _Script.load("breaker_acquire.lua")
-        self._release_script = _Script.load("breaker_release.lua")
+        self._acquire_script = LuaScript.load("breaker_acquire.lua")
+        self._release_script = LuaScript.load("breaker_release.lua")
         rate = "" if policy.failure_rate is None else repr(policy.failure_rate)
         # Release's policy arguments never change: build them once.
         self._release_tail = (
@@ -111,27 +95,14 @@ class RedisBreakerStore:
         )
         self._acquire_tail = (repr(policy.cooldown_s), repr(policy.trial_lease_s), self.ttl_s)
         self.degraded_calls = 0  # calls answered by the fallback because Redis failed or was being skipped
-        self.redis_errors = 0  # Redis calls that failed (the rest of degraded_calls skipped Redis during back-off)
-        self._skip_until = -math.inf  # monotonic: go straight to the fallback until then
-        self._next_warning = -math.inf
-
-    @property
-    def degraded(self) -> bool:
-        """True while calls go to the fallback without trying Redis (after a recent failure)."""
-        return time.monotonic() < self._skip_until
 
     async def acquire(self, key: str) -> Permit | None:
-        if not self.degraded:
-            try:
-                allowed, epoch, trial, moved = await self._eval(
-                    self._acquire_script, key, self._now(), *self._acquire_tail
-                )
-            except (RedisError, OSError, TimeoutError) as exc:
-                self._degrade(exc)
-            else:
-                if moved and self._on_transition is not None:
-                    self._on_transition(key, CircuitState.OPEN, CircuitState.HALF_OPEN)
-                return Permit(key, bool(trial), int(epoch)) if allowed else None
+        reply = await self._guard.call(lambda: self._eval(self._acquire_script, key, self._now(), *self._acquire_tail))
+        if reply is not REDIS_DOWN:
+            allowed, epoch, trial, moved = reply
+            if moved and self._on_transition is not None:
+                self._on_transition(key, CircuitState.OPEN, CircuitState.HALF_OPEN)
+            return Permit(key, bool(trial), int(epoch)) if allowed else None
         self.degraded_calls += 1
         return await self._fallback.acquire(key)
 
@@ -143,10 +114,8 @@ class RedisBreakerStore:
             self.degraded_calls += 1  # a Redis permit, Redis unreachable: the verdict is dropped (see module doc)
             return
         args = (self._now(), outcome.value, permit.epoch, int(permit.trial), truncate_error(error) or "")
-        try:
-            moved = await self._eval(self._release_script, permit.key, *args, *self._release_tail)
-        except (RedisError, OSError, TimeoutError) as exc:
-            self._degrade(exc)
+        moved = await self._guard.call(lambda: self._eval(self._release_script, permit.key, *args, *self._release_tail))
+        if moved is REDIS_DOWN:
             self.degraded_calls += 1
             return
         if moved and self._on_transition is not None:
@@ -155,23 +124,22 @@ class RedisBreakerStore:
 
     async def snapshot(self, keys: Iterable[str]) -> list[TargetHealth]:
         keys = list(keys)
-        if not self.degraded:
-            try:
-                return await self._snapshot(keys)
-            except (RedisError, OSError, TimeoutError) as exc:
-                self._degrade(exc)
+        replies = await self._guard.call(lambda: self._snapshot_replies(keys))
+        if replies is not REDIS_DOWN:
+            return self._snapshot(keys, replies)
         self.degraded_calls += 1
         return await self._fallback.snapshot(keys)
 
-    async def _snapshot(self, keys: Sequence[str]) -> list[TargetHealth]:
-        async with asyncio.timeout(self._op_timeout_s):
-            # Not hot (admin only): plain reads in one round trip, window summed here with the server's clock.
-            pipe = self._redis.pipeline(transaction=False)
-            if self._clock is None:
-                pipe.time()
-            for key in keys:
-                pipe.hmget(self._prefix + key, _SNAPSHOT_FIELDS)
-            replies = await pipe.execute()
+    async def _snapshot_replies(self, keys: Sequence[str]) -> list[Any]:
+        # Not hot (admin only): plain reads in one round trip, window summed here with the server's clock.
+        pipe = self._redis.pipeline(transaction=False)
+        if self._clock is None:
+            pipe.time()
+        for key in keys:
+            pipe.hmget(self._prefix + key, _SNAPSHOT_FIELDS)
+        return list(await pipe.execute())
+
+    def _snapshot(self, keys: Sequence[str], replies: list[Any]) -> list[TargetHealth]:
         if self._clock is None:
             seconds, micros = replies.pop(0)
             now = seconds + micros / 1_000_000
@@ -205,24 +173,12 @@ class RedisBreakerStore:
         # "" makes the script read Redis TIME; repr keeps a test clock's float exact.
         return "" if self._clock is None else repr(self._clock())
 
-    async def _eval(self, script: _Script, key: str, *args: str | int) -> Any:
-        name = self._prefix + key
-        async with asyncio.timeout(self._op_timeout_s):
-            try:
-                return await self._redis.evalsha(script.sha, 1, name, *args)
-            except NoScriptError:
-                # First use on this server, or after a restart / SCRIPT FLUSH: load it once, then run it again.
-                await self._redis.script_load(script.source)
-                return await self._redis.evalsha(script.sha, 1, name, *args)
+    async def _eval(self, script: LuaScript, key: str, *args: str | int) -> Any:
+        return await script.eval(self._redis, (self._prefix + key,), args)
 
-    def _degrade(self, exc: BaseException) -> None:
-        self.redis_errors += 1
-        now = time.monotonic()
-        self._skip_until = now + self._retry_interval_s
-        if now >= self._next_warning:
-            self._next_warning = now + self._warn_interval_s
-            log.warning(
-                "circuit breaker: Redis unavailable (%r); using this replica's local state, retrying every %.1f s",
-                exc,
-                self._retry_interval_s,
-            )
+    def _warn(self, exc: BaseException) -> None:
+        log.warning(
+            "circuit breaker: Redis unavailable (%r); using this replica's local state, retrying every %.1f s",
+            exc,
+            self._guard.retry_interval_s,
+        )

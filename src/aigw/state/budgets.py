@@ -14,7 +14,8 @@ from decimal import Decimal
 from typing import Protocol
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+
+from aigw.state.redis_calls import REDIS_DOWN, RedisGuard
 
 log = logging.getLogger("aigw.budgets")
 NANO = Decimal("1e9")
@@ -59,39 +60,39 @@ class RedisBudgetStore:
         self._redis = redis
         self._fallback = fallback
         self._prefix = prefix
-        self.redis_errors = 0
+        # No time limit and no back-off: every call tries Redis, and a failure falls back for that call only.
+        self._guard = RedisGuard(_warn, op_timeout_s=None, retry_interval_s=0.0)
+
+    @property
+    def redis_errors(self) -> int:
+        return self._guard.redis_errors
 
     def _key(self, tenant: str, month: str) -> str:
         return f"{self._prefix}{{{tenant}}}:{month}"
 
-    def _failed(self, exc: Exception) -> None:
-        self.redis_errors += 1
-        if self.redis_errors == 1 or self.redis_errors % 1000 == 0:
-            log.warning("budget counters: Redis unavailable (%s); using this process's totals", type(exc).__name__)
-
     async def spent(self, tenant: str, month: str) -> Decimal:
-        try:
-            raw = await self._redis.get(self._key(tenant, month))
-        except (RedisError, OSError) as exc:
-            self._failed(exc)
+        raw = await self._guard.call(lambda: self._redis.get(self._key(tenant, month)))
+        if raw is REDIS_DOWN:
             return await self._fallback.spent(tenant, month)
         return Decimal(int(raw)) / NANO if raw is not None else Decimal(0)
 
     async def add(self, tenant: str, month: str, amount: Decimal) -> None:
         await self._fallback.add(tenant, month, amount)  # kept locally too, for the fallback's sake
-        try:
-            key = self._key(tenant, month)
-            pipe = self._redis.pipeline(transaction=True)
-            pipe.incrby(key, int(amount * NANO))
-            pipe.expire(key, TTL_S)
-            await pipe.execute()
-        except (RedisError, OSError) as exc:
-            self._failed(exc)
+        key = self._key(tenant, month)
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.incrby(key, int(amount * NANO))
+        pipe.expire(key, TTL_S)
+        await self._guard.call(pipe.execute)
 
     async def seed(self, month: str, totals: Mapping[str, Decimal]) -> None:
         await self._fallback.seed(month, totals)
-        try:
+
+        async def set_all() -> None:
             for tenant, total in totals.items():
                 await self._redis.set(self._key(tenant, month), int(total * NANO), nx=True, ex=TTL_S)
-        except (RedisError, OSError) as exc:
-            self._failed(exc)
+
+        await self._guard.call(set_all)
+
+
+def _warn(exc: BaseException) -> None:
+    log.warning("budget counters: Redis unavailable (%s); using this process's totals", type(exc).__name__)

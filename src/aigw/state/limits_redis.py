@@ -16,21 +16,16 @@ whose settle fails is dropped (its estimate stays charged until it leaves the wi
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
 import logging
 import math
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from importlib.resources import files
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError, RedisError
 
 from aigw.ratelimit import WINDOW_S, Reservation, Verdict, WindowState, decision
 from aigw.state.limits_memory import MemoryLimitStore
+from aigw.state.redis_calls import REDIS_DOWN, GuardedStore, LuaScript, RedisGuard
 
 __all__ = ["UNAVAILABLE", "RedisLimitStore"]
 
@@ -39,24 +34,13 @@ log = logging.getLogger(__name__)
 UNAVAILABLE = "rate limiter unavailable"
 
 
-@dataclass(frozen=True, slots=True)
-class _Script:
-    source: str
-    sha: str
-
-    @classmethod
-    def load(cls, name: str) -> _Script:
-        source = files("aigw.state").joinpath("lua", name).read_text(encoding="utf-8")
-        return cls(source, hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest())
-
-
 def _num(value: Any) -> float | None:
     if isinstance(value, bytes):
         value = value.decode()
     return None if value in ("", None) else float(value)
 
 
-class RedisLimitStore:
+class RedisLimitStore(GuardedStore):
     def __init__(
         self,
         redis: Redis,
@@ -78,22 +62,12 @@ class RedisLimitStore:
         self._clock = clock
         self.window_s = window_s
         self._ttl_s = math.ceil(2 * window_s)
-        self._op_timeout_s = op_timeout_s
-        self._retry_interval_s = retry_interval_s
-        self._warn_interval_s = warn_interval_s
-        self._check_script = _Script.load("limits_check.lua")
-        self._settle_script = _Script.load("limits_settle.lua")
+        self._guard = RedisGuard(self._warn, op_timeout_s, retry_interval_s, warn_interval_s)
+        self._check_script = LuaScript.load("limits_check.lua")
+        self._settle_script = LuaScript.load("limits_settle.lua")
         self.degraded_calls = 0  # checks/settles answered locally because Redis failed or was being skipped
         self.refused_unavailable = 0  # checks refused because Redis was down and fail_open is False
         self.dropped_settles = 0  # Redis reservations that could not be settled
-        self.redis_errors = 0
-        self._skip_until = -math.inf
-        self._next_warning = -math.inf
-
-    @property
-    def degraded(self) -> bool:
-        """True while calls skip Redis (after a recent failure)."""
-        return time.monotonic() < self._skip_until
 
     def _keys(self, tenant: str) -> tuple[str, str, str]:
         base = f"{self._prefix}{{{tenant}}}:"
@@ -103,14 +77,14 @@ class RedisLimitStore:
         estimate = max(0, tokens_estimate)
         if rpm is None and tpm is None:
             return Verdict(True, None, None, Reservation(tenant, None, 0))
-        if not self.degraded:
+
+        def run() -> Awaitable[Any]:
             args = (self._now(), _limit(rpm), _limit(tpm), estimate, repr(self.window_s), self._ttl_s)
-            try:
-                reply = await self._eval(self._check_script, self._keys(tenant), *args)
-            except (RedisError, OSError, TimeoutError) as exc:
-                self._degrade(exc)
-            else:
-                return self._verdict(tenant, rpm, tpm, estimate, reply)
+            return self._check_script.eval(self._redis, self._keys(tenant), args)
+
+        reply = await self._guard.call(run)
+        if reply is not REDIS_DOWN:
+            return self._verdict(tenant, rpm, tpm, estimate, reply)
         if not self.fail_open:
             self.refused_unavailable += 1
             return Verdict(False, None, None, None, UNAVAILABLE)
@@ -127,14 +101,16 @@ class RedisLimitStore:
             return
         if reservation.entry is None:
             return
-        if not self.degraded:
+        entry = reservation.entry
+
+        def run() -> Awaitable[Any]:
             _, tokens_key, hash_key = self._keys(reservation.tenant)
-            args = (self._now(), reservation.entry, max(0, actual_tokens), repr(self.window_s), self._ttl_s)
-            try:
-                await self._eval(self._settle_script, (tokens_key, hash_key), *args)
-                return
-            except (RedisError, OSError, TimeoutError) as exc:
-                self._degrade(exc)
+            args = (self._now(), entry, max(0, actual_tokens), repr(self.window_s), self._ttl_s)
+            return self._settle_script.eval(self._redis, (tokens_key, hash_key), args)
+
+        done = await self._guard.call(run)
+        if done is not REDIS_DOWN:
+            return
         self.dropped_settles += 1
 
     def _verdict(self, tenant: str, rpm: int | None, tpm: int | None, estimate: int, reply: Any) -> Verdict:
@@ -155,26 +131,13 @@ class RedisLimitStore:
     def _now(self) -> str:
         return "" if self._clock is None else repr(self._clock())
 
-    async def _eval(self, script: _Script, keys: tuple[str, ...], *args: str | int) -> Any:
-        async with asyncio.timeout(self._op_timeout_s):
-            try:
-                return await self._redis.evalsha(script.sha, len(keys), *keys, *args)
-            except NoScriptError:
-                await self._redis.script_load(script.source)
-                return await self._redis.evalsha(script.sha, len(keys), *keys, *args)
-
-    def _degrade(self, exc: BaseException) -> None:
-        self.redis_errors += 1
-        now = time.monotonic()
-        self._skip_until = now + self._retry_interval_s
-        if now >= self._next_warning:
-            self._next_warning = now + self._warn_interval_s
-            log.warning(
-                "rate limiter: Redis unavailable (%r); %s, retrying every %.1f s",
-                exc,
-                "deciding with this replica's local limits" if self.fail_open else "refusing requests (fail-closed)",
-                self._retry_interval_s,
-            )
+    def _warn(self, exc: BaseException) -> None:
+        log.warning(
+            "rate limiter: Redis unavailable (%r); %s, retrying every %.1f s",
+            exc,
+            "deciding with this replica's local limits" if self.fail_open else "refusing requests (fail-closed)",
+            self._guard.retry_interval_s,
+        )
 
 
 def _limit(value: int | None) -> str:
