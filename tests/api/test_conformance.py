@@ -18,7 +18,7 @@ import openai
 import pytest
 
 from tests.api.conftest import Stack, TenantKey
-from tests.api.test_streams_faults import bedrock_signed, ledger  # noqa: F401 - autouse: no SigV4 rejection, ever
+from tests.api.test_streams_faults import bedrock_signed  # noqa: F401 - autouse: no SigV4 rejection, ever
 from tests.fakes import text
 from tests.fakes.anthropic_fake import plan_message
 from tests.fakes.bedrock_fake import openai_view
@@ -26,6 +26,7 @@ from tests.fakes.faults import RecordedRequest
 from tests.fakes.ollama_fake import _plan as plan_ollama
 from tests.fakes.openai_chat import plan_chat
 from tests.support.gateway import RunningGateway
+from tests.support.ledger import ledger
 from tests.support.openapi import validate, validate_sse_stream
 
 MODELS = {"gpt": "oai", "llama": "local", "claude": "claude", "bedrock": "aws"}

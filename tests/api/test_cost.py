@@ -11,10 +11,10 @@ import pytest
 from aigw.pricing import PriceTable
 from aigw.schema.usage import Usage
 from tests.api.conftest import TenantKey
-from tests.api.test_streams_faults import wait_for_ledger
 from tests.fakes import faults
 from tests.fakes.openai_fake import FakeOpenAI
 from tests.support.gateway import RunningGateway
+from tests.support.ledger import wait_for_ledger
 from tests.support.openapi import validate_sse_stream
 
 PRICES = PriceTable()

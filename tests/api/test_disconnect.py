@@ -8,9 +8,10 @@ import socket
 import pytest
 
 from tests.api.conftest import Stack, TenantKey
-from tests.api.test_streams_faults import bedrock_signed, make_case, wait_for_ledger  # noqa: F401 - autouse
+from tests.api.test_streams_faults import bedrock_signed, make_case  # noqa: F401 - autouse
 from tests.fakes import faults
 from tests.support.gateway import RunningGateway
+from tests.support.ledger import wait_for_ledger
 
 
 def raw_request(gw: RunningGateway, key: str, body: dict[str, object]) -> socket.socket:

@@ -14,15 +14,14 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from sqlalchemy import select
 
-from aigw.store.tables import usage_records
 from tests.api.conftest import Stack, TenantKey
 from tests.api.test_streams_faults import bedrock_signed  # noqa: F401 - autouse: no SigV4 rejection, ever
 from tests.fakes import faults
 from tests.fakes.base import FakeUpstream
 from tests.fakes.openai_fake import FakeOpenAI
 from tests.support.gateway import ADMIN_KEY, RunningGateway
+from tests.support.ledger import ledger
 from tests.support.openapi import validate
 
 CHAT = "/v1/chat/completions"
@@ -48,19 +47,6 @@ def still_serving(http: httpx.Client, model: str = "gpt") -> None:
     r = http.post(CHAT, json={**GOOD, "model": model})
     assert r.status_code == 200, r.text
     assert r.json()["choices"][0]["message"]["content"] == "Echo: hello gateway world"
-
-
-def ledger(gw: RunningGateway, tenant_id: str) -> list[dict[str, Any]]:
-    """The tenant's rows in the usage ledger (after flushing the recorder)."""
-    gw.flush_usage()
-
-    async def rows() -> list[dict[str, Any]]:
-        query = select(usage_records).where(usage_records.c.tenant_id == tenant_id)
-        async with gw.services.engine.connect() as conn:
-            return [dict(row) for row in (await conn.execute(query)).mappings()]
-
-    result: list[dict[str, Any]] = gw.call(rows())
-    return result
 
 
 # -- 400: the body ---------------------------------------------------------------------------------------------

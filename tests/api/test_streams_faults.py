@@ -18,14 +18,13 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from sqlalchemy import select
 
 from aigw.providers.eventstream import encode_message, event_headers, exception_headers
-from aigw.store.tables import usage_records
 from tests.api.conftest import Stack, TenantKey
 from tests.fakes import faults
 from tests.fakes.base import FakeUpstream
 from tests.support.gateway import RunningGateway
+from tests.support.ledger import ledger, wait_for_ledger
 from tests.support.openapi import validate, validate_sse_stream
 
 CHAT = "/v1/chat/completions"
@@ -100,27 +99,6 @@ def broken_stream(r: httpx.Response) -> tuple[list[dict[str, Any]], dict[str, An
         validate("CreateChatCompletionStreamResponse", c)
     err: dict[str, Any] = errors[0]["error"]
     return chunks, err
-
-
-def ledger(gw: RunningGateway, tenant_id: str) -> list[dict[str, Any]]:
-    gw.flush_usage()
-
-    async def rows() -> list[dict[str, Any]]:
-        query = select(usage_records).where(usage_records.c.tenant_id == tenant_id)
-        async with gw.services.engine.connect() as conn:
-            return [dict(row) for row in (await conn.execute(query)).mappings()]
-
-    result: list[dict[str, Any]] = gw.call(rows())
-    return result
-
-
-def wait_for_ledger(gw: RunningGateway, tenant_id: str, n: int, timeout: float = 5.0) -> list[dict[str, Any]]:
-    """Poll the ledger until it holds ``n`` rows: the contract gives usage 5 s to become visible."""
-    deadline = time.monotonic() + timeout
-    while True:
-        rows = ledger(gw, tenant_id)
-        if len(rows) >= n or time.monotonic() > deadline:
-            return rows
 
 
 def requests_counted(gw: RunningGateway, tenant_id: str) -> int:

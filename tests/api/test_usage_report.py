@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from tests.api.conftest import TenantKey
-from tests.api.test_streams_faults import wait_for_ledger
 from tests.support.gateway import ADMIN_KEY, RunningGateway
+from tests.support.ledger import wait_for_ledger
 
 AIGW = Path(sys.executable).parent / "aigw"
 MSG = [{"role": "user", "content": "count me in the daily rollups"}]

@@ -20,10 +20,8 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import select
 
 from aigw.config import parse_settings
-from aigw.store.tables import usage_records
 from tests.fakes.anthropic_fake import FakeAnthropic
 from tests.fakes.base import FakeUpstream
 from tests.fakes.ollama_fake import FakeOllama
@@ -217,27 +215,6 @@ def heal(stack: Stack, timeout: float = 5.0) -> None:
                 c.post(CHAT, json=body(key))
             time.sleep(0.02)
     stack.fakes.reset()
-
-
-def ledger(gw: RunningGateway, tenant_id: str) -> list[dict[str, Any]]:
-    """The tenant's rows in ``usage_records`` (after flushing the recorder)."""
-    gw.flush_usage()
-
-    async def rows() -> list[dict[str, Any]]:
-        query = select(usage_records).where(usage_records.c.tenant_id == tenant_id)
-        async with gw.services.engine.connect() as conn:
-            return [dict(row) for row in (await conn.execute(query)).mappings()]
-
-    result: list[dict[str, Any]] = gw.call(rows())
-    return result
-
-
-def wait_for_ledger(gw: RunningGateway, tenant_id: str, n: int, timeout: float = 5.0) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + timeout
-    while True:
-        rows = ledger(gw, tenant_id)
-        if len(rows) >= n or time.monotonic() > deadline:
-            return rows
 
 
 def sse_events(r: httpx.Response) -> list[str]:

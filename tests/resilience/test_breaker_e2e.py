@@ -31,9 +31,9 @@ from tests.resilience.conftest import (
     heal,
     make_stack,
     wait_for_cooldown,
-    wait_for_ledger,
 )
 from tests.support.gateway import RunningGateway
+from tests.support.ledger import wait_for_ledger
 
 KEY = "oai/gpt-guarded"  # alias "guarded": [oai/gpt-guarded, local/llama3.2]
 CONCURRENT = 20

@@ -27,11 +27,10 @@ from tests.resilience.conftest import (
     broken_stream,
     circuit,
     client_for,
-    ledger,
     text_of,
-    wait_for_ledger,
 )
 from tests.support.gateway import RunningGateway
+from tests.support.ledger import ledger, wait_for_ledger
 from tests.support.openapi import validate, validate_sse_stream
 
 REPLY = "Echo: one two three four five six seven eight"

@@ -24,10 +24,10 @@ from tests.resilience.conftest import (
     Tenant,
     body,
     broken_stream,
-    ledger,
     text_of,
 )
 from tests.support.gateway import RunningGateway
+from tests.support.ledger import ledger
 from tests.support.openapi import validate, validate_sse_stream
 
 LONG = [{"role": "user", "content": " ".join(f"word{i}" for i in range(24))}]  # ~26 stream chunks
