@@ -48,6 +48,7 @@ def random_records(tenant_id: str, count: int, seed: int) -> list[UsageRecord]:
     out = []
     for n in range(count):
         priced = rng.random() > 0.1
+        hit = rng.random() > 0.9
         out.append(
             record(
                 tenant_id,
@@ -60,7 +61,9 @@ def random_records(tenant_id: str, count: int, seed: int) -> list[UsageRecord]:
                 status=rng.choice([200, 200, 200, 429, 502]),
                 latency_ms=rng.uniform(1, 30_000),
                 stream=rng.random() > 0.5,
-                cache_hit=rng.random() > 0.9,
+                cache_hit=hit,
+                cache="hit" if hit else rng.choice(["miss", "bypass", None]),
+                saved_cost_usd=Decimal(rng.randint(0, 10**9)).scaleb(-9) if hit else None,
                 provider=rng.choice(["openai", None]),
                 error_type=rng.choice([None, "rate_limit_error"]),
             )
@@ -79,6 +82,8 @@ def expected_summary(records: list[UsageRecord]) -> UsageSummary:
             prompt_tokens=sum(r.prompt_tokens for r in rs),
             completion_tokens=sum(r.completion_tokens for r in rs),
             cost_usd=sum((r.cost_usd or Decimal(0) for r in rs), ZERO),
+            cache_hits=sum(r.cache_hit for r in rs),
+            saved_cost_usd=sum((r.saved_cost_usd or Decimal(0) for r in rs), ZERO),
         )
         for m, rs in sorted(groups.items())
     ]
@@ -88,6 +93,8 @@ def expected_summary(records: list[UsageRecord]) -> UsageSummary:
         completion_tokens=sum(r.completion_tokens for r in records),
         cost_usd=sum((r.cost_usd or Decimal(0) for r in records), ZERO),
         by_model=by_model,
+        cache_hits=sum(m.cache_hits for m in by_model),
+        saved_cost_usd=sum((m.saved_cost_usd for m in by_model), ZERO),
     )
 
 

@@ -29,7 +29,7 @@ def spread(records: list[UsageRecord], hours: int = 7) -> list[UsageRecord]:
 
 
 def expected_rollups(records: list[UsageRecord]) -> dict[tuple[Any, ...], tuple[Any, ...]]:
-    acc: dict[tuple[Any, ...], list[Any]] = defaultdict(lambda: [0, 0, 0, 0, 0, ZERO, 0])
+    acc: dict[tuple[Any, ...], list[Any]] = defaultdict(lambda: [0, 0, 0, 0, 0, ZERO, 0, 0, ZERO])
     for r in records:
         row = acc[(r.tenant_id, r.created_at.astimezone(UTC).date(), r.model, r.provider or "")]
         for i, n in enumerate((1, r.prompt_tokens, r.completion_tokens, r.cached_prompt_tokens, r.cache_write_tokens)):
@@ -38,6 +38,9 @@ def expected_rollups(records: list[UsageRecord]) -> dict[tuple[Any, ...], tuple[
             row[6] += 1
         else:
             row[5] += r.cost_usd.quantize(Q, rounding=ROUND_HALF_UP)
+        row[7] += r.cache_hit
+        if r.saved_cost_usd is not None:
+            row[8] += r.saved_cost_usd.quantize(Q, rounding=ROUND_HALF_UP)
     return {k: tuple(v) for k, v in acc.items()}
 
 
@@ -53,6 +56,8 @@ async def rollup_rows(engine: AsyncEngine) -> dict[tuple[Any, ...], tuple[Any, .
             r.cache_write_tokens,
             r.cost_usd,
             r.unpriced_requests,
+            r.cache_hits,
+            r.saved_cost_usd,
         )
         for r in rows
     }
@@ -183,12 +188,19 @@ def empty_url(request: pytest.FixtureRequest) -> str:
 def test_migration_backfills_rollups_from_existing_rows(empty_url: str) -> None:
     command.upgrade(alembic_config(empty_url), "0001_initial")
     records = [*spread(random_records("old", 300, seed=6)), record("old", 999, created_at=T0 - timedelta(seconds=1))]
+    # Rows written before 0003 have no cache outcome or saving; their hits are backfilled from cache_hit.
+    records = [dataclasses.replace(r, cache=None, saved_cost_usd=None) for r in records]
+    assert any(r.cache_hit for r in records)
+    new_columns = {"cache", "saved_cost_usd"}
 
     async def write_raw() -> None:
         engine = make_engine(empty_url)
         try:
             async with engine.begin() as conn:
-                rows = [{f.name: getattr(r, f.name) for f in dataclasses.fields(r)} for r in records]
+                rows = [
+                    {f.name: getattr(r, f.name) for f in dataclasses.fields(r) if f.name not in new_columns}
+                    for r in records
+                ]
                 await conn.execute(insert(usage_records), rows)
         finally:
             await engine.dispose()

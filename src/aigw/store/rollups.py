@@ -33,6 +33,8 @@ _COUNTERS = (
     "cache_write_tokens",
     "cost_usd",
     "unpriced_requests",
+    "cache_hits",
+    "saved_cost_usd",
 )
 
 
@@ -49,7 +51,7 @@ def aggregate(records: Iterable[UsageRecord]) -> list[dict[str, Any]]:
         key = (r.tenant_id, day, r.model, r.provider or "")
         row = acc.get(key)
         if row is None:
-            row = acc[key] = [0, 0, 0, 0, 0, Decimal(0), 0]
+            row = acc[key] = [0, 0, 0, 0, 0, Decimal(0), 0, 0, Decimal(0)]
         row[0] += 1
         row[1] += r.prompt_tokens
         row[2] += r.completion_tokens
@@ -59,6 +61,10 @@ def aggregate(records: Iterable[UsageRecord]) -> list[dict[str, Any]]:
             row[6] += 1
         else:
             row[5] += Decimal(r.cost_usd).quantize(COST_QUANTUM, rounding=ROUND_HALF_UP)
+        if r.cache_hit:
+            row[7] += 1
+        if r.saved_cost_usd is not None:
+            row[8] += Decimal(r.saved_cost_usd).quantize(COST_QUANTUM, rounding=ROUND_HALF_UP)
     return [dict(zip(_KEY, key, strict=True)) | dict(zip(_COUNTERS, acc[key], strict=True)) for key in sorted(acc)]
 
 
@@ -85,6 +91,8 @@ class Totals:
     prompt_tokens: int
     completion_tokens: int
     cost_usd: Decimal  # unknown prices count as 0
+    cache_hits: int = 0
+    saved_cost_usd: Decimal = Decimal(0)
 
 
 def totals_query(key: ColumnElement[Any], start: date | None, end: date | None) -> Select[Any]:
@@ -97,6 +105,8 @@ def totals_query(key: ColumnElement[Any], start: date | None, end: date | None) 
             func.sum(cols.prompt_tokens).label("prompt_tokens"),
             func.sum(cols.completion_tokens).label("completion_tokens"),
             func.sum(cols.cost_usd).label("cost_usd"),
+            func.sum(cols.cache_hits).label("cache_hits"),
+            func.sum(cols.saved_cost_usd).label("saved_cost_usd"),
         )
         .group_by(key)
         .order_by(key)
@@ -116,6 +126,8 @@ async def fetch_totals(conn: AsyncConnection, query: Select[Any]) -> list[Totals
             prompt_tokens=int(row.prompt_tokens or 0),
             completion_tokens=int(row.completion_tokens or 0),
             cost_usd=money(row.cost_usd),
+            cache_hits=int(row.cache_hits or 0),
+            saved_cost_usd=money(row.saved_cost_usd),
         )
         for row in (await conn.execute(query)).all()
     ]

@@ -84,6 +84,8 @@ usage_records = Table(
     Column("stream", Boolean, nullable=False),
     Column("cache_hit", Boolean, nullable=False, server_default=false()),
     Column("error_type", String(100), nullable=True),
+    Column("cache", String(8), nullable=True),  # x-aigw-cache: hit | miss | bypass (null: not a chat request)
+    Column("saved_cost_usd", Money(18, 9), nullable=True),  # a cache hit: what the stored answer cost when served
     # Index plan. Reports never scan this table (they read usage_daily), so it carries only what its own access
     # paths need, each index costing every COPY a little:
     # * (tenant_id, created_at): one tenant's raw records for a period (support, exports, the e2e tests' ledger).
@@ -111,6 +113,8 @@ usage_daily = Table(
     Column("cache_write_tokens", BigInteger, nullable=False),
     Column("cost_usd", Money(18, 9), nullable=False),  # priced records only; unknown prices add 0
     Column("unpriced_requests", BigInteger, nullable=False),  # records whose cost_usd is null
+    Column("cache_hits", BigInteger, nullable=False, server_default=text("0")),
+    Column("saved_cost_usd", Money(18, 9), nullable=False, server_default=text("0")),
     # Serves the admin report and the CLI's all-tenant period totals: both filter on day.
     Index(None, "day"),
 )

@@ -37,6 +37,8 @@ class UsageRecord:
     stream: bool
     cache_hit: bool
     error_type: str | None
+    cache: str | None = None  # x-aigw-cache (hit | miss | bypass); None for requests the cache never applies to
+    saved_cost_usd: Decimal | None = None  # a hit: what the answer cost when it was first served (None: unknown)
 
 
 _COLUMNS = tuple(f.name for f in fields(UsageRecord))
@@ -50,6 +52,8 @@ class ModelUsage:
     prompt_tokens: int
     completion_tokens: int
     cost_usd: Decimal  # unknown prices count as 0
+    cache_hits: int = 0
+    saved_cost_usd: Decimal = Decimal(0)  # what the cache hits would have cost upstream
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +63,8 @@ class UsageSummary:
     completion_tokens: int
     cost_usd: Decimal
     by_model: list[ModelUsage]
+    cache_hits: int = 0
+    saved_cost_usd: Decimal = Decimal(0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,13 +133,20 @@ class UsageRepo:
             days = None
             if group_by == "day":
                 days = await fetch_totals(conn, totals_query(cols.day, start, end).where(cols.tenant_id == tenant_id))
-        by_model = [ModelUsage(t.key, t.requests, t.prompt_tokens, t.completion_tokens, t.cost_usd) for t in models]
+        by_model = [
+            ModelUsage(
+                t.key, t.requests, t.prompt_tokens, t.completion_tokens, t.cost_usd, t.cache_hits, t.saved_cost_usd
+            )
+            for t in models
+        ]
         summary = UsageSummary(
             requests=sum(m.requests for m in by_model),
             prompt_tokens=sum(m.prompt_tokens for m in by_model),
             completion_tokens=sum(m.completion_tokens for m in by_model),
             cost_usd=sum((m.cost_usd for m in by_model), money(None)),
             by_model=by_model,
+            cache_hits=sum(m.cache_hits for m in by_model),
+            saved_cost_usd=sum((m.saved_cost_usd for m in by_model), money(None)),
         )
         if days is None:
             return UsageReport(summary, None)
