@@ -21,6 +21,7 @@ from aigw.api import routes
 from aigw.api.deps import Services
 from aigw.api.errors import error_response, handle_gateway_error, handle_unexpected
 from aigw.api.middleware import RequestIdMiddleware
+from aigw.caching import ResponseCache
 from aigw.config import Settings, load_settings
 from aigw.errors import GatewayError, InvalidRequest, NotFound
 from aigw.gateway import Gateway
@@ -30,7 +31,14 @@ from aigw.providers import build_upstream
 from aigw.providers.transport import close_session, make_session
 from aigw.routing import Router, Target
 from aigw.state.budgets import month_of, month_start
-from aigw.state.factory import TransitionCounter, make_breaker, make_budgets, make_limits, make_redis
+from aigw.state.factory import (
+    TransitionCounter,
+    make_breaker,
+    make_budgets,
+    make_cache_store,
+    make_limits,
+    make_redis,
+)
 from aigw.store.db import make_engine
 from aigw.store.spend import spend_since
 from aigw.store.tenants import TenantRepo
@@ -79,6 +87,12 @@ def create_app(settings: Settings) -> Starlette:
         breaker = make_breaker(settings, redis, transitions)
         budgets = make_budgets(redis)
         keys = KeyCache()
+        cache_store = make_cache_store(settings, redis)
+        cache = (
+            ResponseCache(cache_store, settings.cache, {m.name: m.cache for m in settings.models})
+            if cache_store is not None
+            else None
+        )
         sync = KeySync(tenants, keys, settings.key_sync_interval_s)
         svc = Services(
             settings=settings,
@@ -92,6 +106,7 @@ def create_app(settings: Settings) -> Starlette:
                 prices=PriceTable(settings.pricing),
                 limits=make_limits(settings, redis),
                 budgets=budgets,
+                cache=cache,
             ),
             redis=redis,
             transitions=transitions,

@@ -7,14 +7,15 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, TypeVar
 
-from aigw.breaker import Outcome, Permit
-from aigw.errors import BudgetExceeded, ClientDisconnected, GatewayError, UpstreamError
+from aigw.caching import CachedAnswer, CachePlan, CacheStatus, ResponseCache
+from aigw.errors import BudgetExceeded, ClientDisconnected, GatewayError
 from aigw.fallback import Chain, ChainFailed
 from aigw.fallback import Served as ServedBy
 from aigw.limits import headers_for, refusal
@@ -28,6 +29,7 @@ from aigw.schema.usage import Usage
 from aigw.state import BreakerStore
 from aigw.state.budgets import BudgetStore, month_of
 from aigw.store.usage import UsageRecord
+from aigw.streams import CacheFill, ChatStream, CommittedStream, ReplayStream
 from aigw.tenancy import Principal
 
 CLIENT_CLOSED = ClientDisconnected.status
@@ -44,6 +46,9 @@ class CallContext:
     token_estimate: int = 0  # the TPM reservation (aigw.limits); only computed when the tenant has a TPM limit
     limit_headers: dict[str, str] = field(default_factory=dict)  # x-ratelimit-*, for every response
     reservation: Reservation | None = None
+    cache_control: str | None = None  # the client's Cache-Control header (chat only)
+    cache: CacheStatus | None = None  # x-aigw-cache once decided; None: the cache does not apply (embeddings)
+    target: Target | None = None  # the target whose client error is being returned, for the ledger
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,9 +75,11 @@ class Gateway:
         prices: PriceTable | None = None,
         limits: LimitStore | None = None,
         budgets: BudgetStore | None = None,
+        cache: ResponseCache | None = None,
     ) -> None:
         self.limits = limits
         self.budgets = budgets
+        self.cache = cache
         self._background: set[asyncio.Task[None]] = set()
         self.prices = prices
         self.unpriced = 0  # requests whose model has no price (cost recorded as null, never a made-up 0)
@@ -91,9 +98,17 @@ class Gateway:
         target: Target | None,
         usage: Usage | None,
         error: GatewayError | None = None,
+        hit: CachedAnswer | None = None,
     ) -> Decimal | None:
+        """One ledger row for the request. A cache hit costs nothing and uses no upstream tokens; what it saved is
+        its stored usage at today's prices."""
         u = usage or Usage()
-        cost = self._cost(target, u) if usage is not None else Decimal(0)
+        saved: Decimal | None = None
+        if hit is not None:
+            cost: Decimal | None = Decimal(0)
+            saved = self._price(target, hit.usage)
+        else:
+            cost = self._cost(target, u) if usage is not None else Decimal(0)
         reservation, ctx.reservation = ctx.reservation, None
         if reservation is not None or (cost and self.budgets is not None):
             self._spawn(self._after(ctx.principal.tenant_id, reservation, u.total_tokens, cost))
@@ -114,8 +129,10 @@ class Gateway:
                 status=status,
                 latency_ms=(time.perf_counter() - ctx.started) * 1000.0,
                 stream=ctx.stream,
-                cache_hit=False,
+                cache_hit=hit is not None,
                 error_type=error.error_type if error else None,
+                cache=ctx.cache,
+                saved_cost_usd=saved,
             )
         )
         return cost
@@ -134,8 +151,9 @@ class Gateway:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _admit(self, ctx: CallContext) -> None:
-        """Budget, then RPM/TPM limits, before anything else is done for the request (no upstream is called)."""
+    async def _admit(self, ctx: CallContext, *, cached: bool = False) -> None:
+        """Budget, then RPM/TPM limits, before anything else is done for the request (no upstream is called).
+        An answer from the cache counts against RPM only: it uses no tokens (issue 6)."""
         p = ctx.principal
         if p.monthly_budget_usd is not None and self.budgets is not None:
             spent = await self.budgets.spent(p.tenant_id, month_of(datetime.now(UTC)))
@@ -144,66 +162,120 @@ class Gateway:
                     f"This tenant's monthly budget of ${p.monthly_budget_usd} is spent (${spent:.6f} this month, UTC); "
                     "raise monthly_budget_usd or wait for the next month"
                 )
-        if self.limits is None or (p.rate_limit_rpm is None and p.rate_limit_tpm is None):
+        tpm = None if cached else p.rate_limit_tpm
+        if self.limits is None or (p.rate_limit_rpm is None and tpm is None):
             return
-        verdict = await self.limits.check(p.tenant_id, p.rate_limit_rpm, p.rate_limit_tpm, ctx.token_estimate)
+        verdict = await self.limits.check(p.tenant_id, p.rate_limit_rpm, tpm, 0 if cached else ctx.token_estimate)
         ctx.limit_headers = headers_for(verdict)
         if not verdict.allowed:
             raise refusal(verdict, ctx.limit_headers)
         ctx.reservation = verdict.reservation
 
     def _cost(self, target: Target | None, usage: Usage) -> Decimal | None:
-        if self.prices is None or target is None:
-            return None
-        cost = self.prices.cost(self.upstreams[target.provider].kind, target.model, usage)
-        if cost is None:
+        cost = self._price(target, usage)
+        if cost is None and self.prices is not None and target is not None:
             self.unpriced += 1
         return cost
 
-    async def _run(
-        self, ctx: CallContext, call: Callable[[Target, Upstream], Awaitable[T]], *, hold_on_success: bool = False
-    ) -> ServedBy[T]:
-        """Resolve the model and run the chain; every failure is metered here, once, and re-raised with the
-        number of targets tried in its headers."""
-        target: Target | None = None
+    def _price(self, target: Target | None, usage: Usage) -> Decimal | None:
+        upstream = self.upstreams.get(target.provider) if target is not None else None
+        if self.prices is None or target is None or upstream is None:
+            return None
+        return self.prices.cost(upstream.kind, target.model, usage)
+
+    @contextmanager
+    def _metered(self, ctx: CallContext) -> Iterator[None]:
+        """Every failure of a request is metered here, once, and re-raised with the headers every response of its
+        kind carries."""
         try:
-            await self._admit(ctx)
-            targets = self.router.resolve(ctx.model)
-            deadline = asyncio.get_running_loop().time() + self._request_timeout_s
-            try:
-                return await self._chain.run(targets, deadline, call, hold_on_success=hold_on_success)
-            except ChainFailed as failed:
-                target = failed.target
-                failed.error.headers["x-aigw-attempts"] = str(failed.attempts)
-                raise failed.error from None
+            yield
         except GatewayError as err:
             for k, v in ctx.limit_headers.items():
                 err.headers.setdefault(k, v)
-            self._record(ctx, status=err.http_status, target=target, usage=None, error=err)
+            if ctx.cache is not None:
+                err.headers.setdefault("x-aigw-cache", ctx.cache)
+            self._record(ctx, status=err.http_status, target=ctx.target, usage=None, error=err)
             raise
         except asyncio.CancelledError:  # the client went away (api.disconnect): still one ledger row
-            self._record(ctx, status=CLIENT_CLOSED, target=target, usage=None)
+            self._record(ctx, status=CLIENT_CLOSED, target=ctx.target, usage=None)
             raise
+
+    async def _run(
+        self,
+        ctx: CallContext,
+        targets: Sequence[Target],
+        call: Callable[[Target, Upstream], Awaitable[T]],
+        *,
+        hold_on_success: bool = False,
+    ) -> ServedBy[T]:
+        """Run the chain; a failure is re-raised as the error to report, with the number of targets tried."""
+        deadline = asyncio.get_running_loop().time() + self._request_timeout_s
+        try:
+            return await self._chain.run(targets, deadline, call, hold_on_success=hold_on_success)
+        except ChainFailed as failed:
+            ctx.target = failed.target
+            failed.error.headers["x-aigw-attempts"] = str(failed.attempts)
+            raise failed.error from None
+
+    async def _lookup(
+        self, ctx: CallContext, targets: Sequence[Target], chat: ChatInput
+    ) -> tuple[CachePlan | None, CachedAnswer | None]:
+        """The request's cache entry and, if it holds an answer, that answer; sets ``ctx.cache``."""
+        if self.cache is None:
+            ctx.cache = "bypass"
+            return None, None
+        plan = self.cache.plan(ctx.principal.tenant_id, ctx.model, targets, chat, ctx.cache_control)
+        hit = await self.cache.get(plan) if plan is not None else None
+        ctx.cache = self.cache.status(plan, hit)
+        return plan, hit
 
     async def chat(self, ctx: CallContext, chat: ChatInput) -> Served:
         async def call(target: Target, upstream: Upstream) -> Completion:
             return await upstream.chat(chat, target.model, new_identity())
 
-        served = await self._run(ctx, call)
-        cost = self._record(ctx, status=200, target=served.target, usage=served.value.usage)
-        return Served(served.value.body, served.target.provider, served.attempts, cost)
+        with self._metered(ctx):
+            targets = self.router.resolve(ctx.model)
+            plan, hit = await self._lookup(ctx, targets, chat)
+            await self._admit(ctx, cached=hit is not None)
+            if hit is not None:
+                body = hit.body(new_identity())
+                target = Target(hit.provider, hit.upstream_model)
+                self._record(ctx, status=200, target=target, usage=None, hit=hit)
+                return Served(body, hit.provider, 0, Decimal(0))
+            served = await self._run(ctx, targets, call)
+        done = served.value
+        cost = self._record(ctx, status=200, target=served.target, usage=done.usage)
+        # Stored before the response goes out (readable once it has completed); not without usage: a hit's saving
+        # would be unknown.
+        if plan is not None and self.cache is not None and done.usage is not None:
+            await self.cache.put(
+                plan,
+                provider=served.target.provider,
+                upstream_model=served.target.model,
+                usage=done.usage,
+                completion=done.body,
+            )
+        return Served(done.body, served.target.provider, served.attempts, cost)
 
-    async def chat_stream(self, ctx: CallContext, chat: ChatInput) -> CommittedStream:
+    async def chat_stream(self, ctx: CallContext, chat: ChatInput) -> ChatStream:
         """Open a stream on the first target that delivers a first chunk (the commit point): every failure before
-        it is an ordinary error and falls back; after it, failures become an in-stream error event."""
+        it is an ordinary error and falls back; after it, failures become an in-stream error event. A cached answer
+        is replayed as a stream instead."""
         ident = new_identity()  # one id for the stream, whichever target ends up serving it
 
         async def call(target: Target, upstream: Upstream) -> tuple[UpstreamStream, bytes]:
             return await upstream.open_stream(chat, target.model, ident, include_usage=chat.request.wants_usage)
 
-        served = await self._run(ctx, call, hold_on_success=True)
+        with self._metered(ctx):
+            targets = self.router.resolve(ctx.model)
+            plan, hit = await self._lookup(ctx, targets, chat)
+            await self._admit(ctx, cached=hit is not None)
+            if hit is not None:
+                return ReplayStream(self, ctx, hit, ident, include_usage=chat.request.wants_usage)
+            served = await self._run(ctx, targets, call, hold_on_success=True)
         stream, first = served.value
-        return CommittedStream(self, ctx, served.target, stream, first, served.attempts, served.permit)
+        fill = CacheFill(self.cache, plan, ident) if plan is not None and self.cache is not None else None
+        return CommittedStream(self, ctx, served.target, stream, first, served.attempts, served.permit, fill)
 
     async def embed(self, ctx: CallContext, emb: EmbeddingsInput) -> Served:
         fmt = emb.request.encoding_format or "float"
@@ -211,55 +283,9 @@ class Gateway:
         async def call(target: Target, upstream: Upstream) -> EmbeddingsResult:
             return await upstream.embed(emb, target.model, fmt)
 
-        served = await self._run(ctx, call)
+        with self._metered(ctx):
+            targets = self.router.resolve(ctx.model)
+            await self._admit(ctx)
+            served = await self._run(ctx, targets, call)
         cost = self._record(ctx, status=200, target=served.target, usage=served.value.usage)
         return Served(served.value.body, served.target.provider, served.attempts, cost)
-
-
-class CommittedStream:
-    """A stream past its commit point. Iterate for chunk JSON; ``close`` exactly once with the outcome, which
-    closes the upstream and meters the usage seen so far (whether the stream completed, failed or was abandoned)."""
-
-    def __init__(
-        self,
-        gw: Gateway,
-        ctx: CallContext,
-        target: Target,
-        stream: UpstreamStream,
-        first: bytes,
-        attempts: int,
-        permit: Permit | None,
-    ) -> None:
-        self.attempts = attempts
-        self._permit = permit
-        self._gw = gw
-        self._ctx = ctx
-        self.target = target
-        self._stream = stream
-        self._first: bytes | None = first
-
-    @property
-    def provider(self) -> str:
-        return self.target.provider
-
-    async def chunks(self) -> AsyncIterator[bytes]:
-        if self._first is not None:
-            first, self._first = self._first, None
-            yield first
-        async for chunk in self._stream:
-            yield chunk
-
-    async def close(self, *, status: int, error: GatewayError | None = None) -> None:
-        try:
-            await self._stream.aclose()
-        finally:
-            self._gw._record(self._ctx, status=status, target=self.target, usage=self._stream.usage, error=error)
-            if self._permit is not None:  # the target's verdict is the whole stream's, not its first chunk's
-                permit, self._permit = self._permit, None
-                if status == 200:
-                    outcome = Outcome.SUCCESS
-                elif isinstance(error, UpstreamError) and error.falls_back:
-                    outcome = Outcome.FAILURE
-                else:
-                    outcome = Outcome.NEUTRAL  # the client left, or the gateway failed: no verdict
-                await self._gw.breaker.release(permit, outcome, error.message if error else None)

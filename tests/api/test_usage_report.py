@@ -57,7 +57,11 @@ def test_report_by_model_and_day_with_a_period(http: httpx.Client, gw: RunningGa
     first, last = min(days), max(days)  # one day, unless this ran across midnight UTC
 
     plain = _report(gw, tenant.id)
-    assert set(plain) == {"requests", "prompt_tokens", "completion_tokens", "cost_usd", "by_model"}
+    assert set(plain) == {
+        *("requests", "prompt_tokens", "completion_tokens", "cost_usd", "by_model"),
+        *("cache_hits", "saved_cost_usd"),
+    }
+    assert plain["cache_hits"] == 0 and Decimal(str(plain["saved_cost_usd"])) == 0
     assert _totals(plain) == _sums(rows)
     assert [(m["model"], m["requests"]) for m in plain["by_model"]] == [("gpt", 3), ("llama", 2)]
     for m in plain["by_model"]:

@@ -17,9 +17,6 @@ from aigw.limits import estimate_chat
 from aigw.providers.base import ChatInput
 from aigw.schema.chat import ChatCompletionRequest
 
-# The response cache arrives with issue 6: until then nothing is looked up, which the contract calls a bypass.
-CACHE_STATUS = "bypass"
-
 
 async def chat_completions(request: Request) -> Response | ASGIApp:
     started = time.perf_counter()
@@ -28,6 +25,7 @@ async def chat_completions(request: Request) -> Response | ASGIApp:
     raw = await read_json_object(request, svc.settings.max_body_bytes)
     req = typed(raw, ChatCompletionRequest)
     ctx = CallContext(principal, request_id(request), req.model, started, stream=bool(req.stream))
+    ctx.cache_control = request.headers.get("cache-control")
     if principal.rate_limit_tpm is not None:
         ctx.token_estimate = estimate_chat(req, svc.settings.rate_limits.estimate_output_tokens)
     chat = ChatInput(req, raw)
@@ -38,7 +36,7 @@ async def chat_completions(request: Request) -> Response | ASGIApp:
             {
                 "x-aigw-provider": committed.provider,
                 "x-aigw-attempts": str(committed.attempts),
-                "x-aigw-cache": CACHE_STATUS,
+                "x-aigw-cache": ctx.cache or "bypass",
                 **ctx.limit_headers,
             },
         )
@@ -49,7 +47,7 @@ async def chat_completions(request: Request) -> Response | ASGIApp:
         headers={
             "x-aigw-provider": served.provider,
             "x-aigw-attempts": str(served.attempts),
-            "x-aigw-cache": CACHE_STATUS,
+            "x-aigw-cache": ctx.cache or "bypass",
             **ctx.limit_headers,
             # Omitted when the model has no price: an unknown cost is not a zero cost.
             **({"x-aigw-cost-usd": format(served.cost_usd, "f")} if served.cost_usd is not None else {}),

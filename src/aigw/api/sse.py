@@ -15,14 +15,15 @@ from starlette.types import Message, Receive, Scope, Send
 
 from aigw.api.errors import error_body
 from aigw.errors import GatewayError, UpstreamError
-from aigw.gateway import CLIENT_CLOSED, CommittedStream
+from aigw.gateway import CLIENT_CLOSED
+from aigw.streams import ChatStream
 
 DONE = b"data: [DONE]\n\n"
 log = logging.getLogger("aigw.api")
 
 
 class SSEResponse:
-    def __init__(self, stream: CommittedStream, headers: dict[str, str]) -> None:
+    def __init__(self, stream: ChatStream, headers: dict[str, str]) -> None:
         self._stream = stream
         self._headers = [
             (b"content-type", b"text/event-stream; charset=utf-8"),

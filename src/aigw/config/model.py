@@ -83,9 +83,19 @@ class Target(_Model):
     retries: Annotated[int, Field(ge=0, le=5)] = 0
 
 
+class AliasCache(_Model):
+    """Per-alias response-cache settings (the global ``cache`` section must be enabled for any caching)."""
+
+    enabled: bool = True
+    # One entry for every tenant instead of one per tenant: only for answers that hold nothing tenant-specific.
+    shared: bool = False
+    ttl_s: Annotated[int, Field(ge=1)] | None = None  # None: the global cache.ttl_s
+
+
 class ModelAlias(_Model):
     name: Annotated[str, Field(min_length=1)]
     targets: Annotated[list[Target], Field(min_length=1)]
+    cache: AliasCache = AliasCache()
 
 
 class CacheConfig(_Model):

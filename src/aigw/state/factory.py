@@ -15,6 +15,8 @@ from aigw.state import BreakerStore
 from aigw.state.breaker_memory import MemoryBreakerStore
 from aigw.state.breaker_redis import RedisBreakerStore
 from aigw.state.budgets import BudgetStore, MemoryBudgetStore, RedisBudgetStore
+from aigw.state.cache_memory import CacheStore, MemoryCacheStore
+from aigw.state.cache_redis import RedisCacheStore
 from aigw.state.limits_memory import MemoryLimitStore
 from aigw.state.limits_redis import RedisLimitStore
 
@@ -77,3 +79,12 @@ def make_limits(settings: Settings, redis: Redis | None) -> LimitStore:
 def make_budgets(redis: Redis | None) -> BudgetStore:
     local = MemoryBudgetStore()
     return local if redis is None else RedisBudgetStore(redis, fallback=local)
+
+
+def make_cache_store(settings: Settings, redis: Redis | None) -> CacheStore | None:
+    """None when the cache is off; Redis (shared by replicas) when configured, else the in-process LRU."""
+    if not settings.cache.enabled:
+        return None
+    if redis is None:
+        return MemoryCacheStore(settings.cache.max_bytes)
+    return RedisCacheStore(redis, op_timeout_s=settings.redis_timeout_s)

@@ -1,0 +1,135 @@
+"""The streams the gateway hands to the SSE writer: an upstream stream past its commit point, or a cached answer
+replayed. Both are iterated for chunk JSON and closed exactly once with the outcome, which meters the request."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Protocol
+
+import msgspec
+
+from aigw.breaker import Outcome, Permit
+from aigw.cache_stream import StreamAssembler, replay_chunks
+from aigw.caching import CachedAnswer, CachePlan, ResponseCache
+from aigw.errors import GatewayError, UpstreamError
+from aigw.providers.base import StreamIdentity
+from aigw.providers.transport import UpstreamStream
+from aigw.routing import Target
+
+if TYPE_CHECKING:
+    from aigw.gateway import CallContext, Gateway
+
+__all__ = ["CacheFill", "ChatStream", "CommittedStream", "ReplayStream"]
+
+
+class ChatStream(Protocol):
+    provider: str
+    attempts: int
+
+    def chunks(self) -> AsyncIterator[bytes]: ...
+
+    async def close(self, *, status: int, error: GatewayError | None = None) -> None: ...
+
+
+class CacheFill:
+    """Assembles a streamed miss and stores it once the upstream has ended it normally: never a partial or failed
+    stream. Stored before ``[DONE]`` is sent, so the entry is readable once the response has completed."""
+
+    __slots__ = ("_assembler", "_cache", "_ident", "_plan")
+
+    def __init__(self, cache: ResponseCache, plan: CachePlan, ident: StreamIdentity) -> None:
+        self._cache = cache
+        self._plan = plan
+        self._ident = ident
+        self._assembler = StreamAssembler()
+
+    def feed(self, chunk: bytes) -> None:
+        self._assembler.feed(chunk)
+
+    async def finish(self, target: Target, stream: UpstreamStream) -> None:
+        usage = stream.usage
+        if usage is None or not self._assembler.complete:
+            return  # no usage reported (a hit's saving would be unknown) or not a whole answer: not stored
+        body = self._assembler.completion(self._ident, msgspec.to_builtins(usage.to_openai()))
+        await self._cache.put(
+            self._plan, provider=target.provider, upstream_model=target.model, usage=usage, completion=body
+        )
+
+
+class CommittedStream:
+    """A stream past its commit point. ``close`` closes the upstream and meters the usage seen so far (whether the
+    stream completed, failed or was abandoned), and gives the target's circuit its verdict."""
+
+    def __init__(
+        self,
+        gw: Gateway,
+        ctx: CallContext,
+        target: Target,
+        stream: UpstreamStream,
+        first: bytes,
+        attempts: int,
+        permit: Permit | None,
+        fill: CacheFill | None = None,
+    ) -> None:
+        self.attempts = attempts
+        self._permit = permit
+        self._gw = gw
+        self._ctx = ctx
+        self.target = target
+        self.provider = target.provider
+        self._stream = stream
+        self._first: bytes | None = first
+        self._fill = fill
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        fill = self._fill
+        if self._first is not None:
+            first, self._first = self._first, None
+            if fill is not None:
+                fill.feed(first)
+            yield first
+        async for chunk in self._stream:
+            if fill is not None:
+                fill.feed(chunk)
+            yield chunk
+        if fill is not None:  # only reached when the upstream ended the stream normally
+            self._fill = None
+            await fill.finish(self.target, self._stream)
+
+    async def close(self, *, status: int, error: GatewayError | None = None) -> None:
+        try:
+            await self._stream.aclose()
+        finally:
+            self._gw._record(self._ctx, status=status, target=self.target, usage=self._stream.usage, error=error)
+            if self._permit is not None:  # the target's verdict is the whole stream's, not its first chunk's
+                permit, self._permit = self._permit, None
+                if status == 200:
+                    outcome = Outcome.SUCCESS
+                elif isinstance(error, UpstreamError) and error.falls_back:
+                    outcome = Outcome.FAILURE
+                else:
+                    outcome = Outcome.NEUTRAL  # the client left, or the gateway failed: no verdict
+                await self._gw.breaker.release(permit, outcome, error.message if error else None)
+
+
+class ReplayStream:
+    """A cached answer served as a stream: no upstream, no attempts."""
+
+    attempts = 0
+
+    def __init__(
+        self, gw: Gateway, ctx: CallContext, hit: CachedAnswer, ident: StreamIdentity, *, include_usage: bool
+    ) -> None:
+        self._gw = gw
+        self._ctx = ctx
+        self._hit = hit
+        self.provider = hit.provider
+        self._chunks = replay_chunks(hit.completion, ident, include_usage)
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        for chunk in self._chunks:
+            yield chunk
+
+    async def close(self, *, status: int, error: GatewayError | None = None) -> None:
+        target = Target(self._hit.provider, self._hit.upstream_model)
+        self._gw._record(self._ctx, status=status, target=target, usage=None, error=error, hit=self._hit)
