@@ -68,8 +68,10 @@ BAD_BODIES = {
 
 @pytest.mark.parametrize("name", sorted(BAD_BODIES))
 def test_malformed_body_is_400(name: str, http: httpx.Client, oai: FakeOpenAI) -> None:
-    err = error_of(http.post(CHAT, content=BAD_BODIES[name], headers=JSON_CT), 400)
+    r = http.post(CHAT, content=BAD_BODIES[name], headers=JSON_CT)
+    err = error_of(r, 400)
     assert err["type"] == "invalid_request_error"
+    assert r.headers["x-aigw-cache"] == "bypass", "on every chat response (contract)"
     assert oai.requests == [], "bad input never reaches the upstream"
     still_serving(http)
 
@@ -184,6 +186,7 @@ def test_bad_credentials_are_401(case: str, path: str, gw: RunningGateway, http:
         r = anon.request("POST" if path == CHAT else "GET", path, json=GOOD if path == CHAT else None, headers=headers)
     err = error_of(r, 401)
     assert err["type"] == "authentication_error"
+    assert (r.headers.get("x-aigw-cache") == "bypass") is (path == CHAT)
     still_serving(http)
 
 
@@ -221,8 +224,10 @@ def test_sdk_raises_authentication_error(gw: RunningGateway) -> None:
 
 @pytest.mark.parametrize("model", ["no-such-model", "nowhere/gpt-4o-mini", "disabled", "nokey/gpt-4o-mini", "oai/"])
 def test_unknown_model_is_404(model: str, client: openai.OpenAI, http: httpx.Client, oai: FakeOpenAI) -> None:
-    err = error_of(http.post(CHAT, json={**GOOD, "model": model}), 404)
+    r = http.post(CHAT, json={**GOOD, "model": model})
+    err = error_of(r, 404)
     assert err["code"] == "model_not_found" and err["param"] == "model"
+    assert r.headers["x-aigw-cache"] == "bypass"
     with pytest.raises(openai.NotFoundError) as info:
         client.chat.completions.create(model=model, messages=MSG)  # type: ignore[arg-type]
     assert info.value.code == "model_not_found"

@@ -12,6 +12,7 @@ from aigw.api.bodies import read_json_object, typed
 from aigw.api.deps import client_principal, request_id, services
 from aigw.api.disconnect import until_disconnect
 from aigw.api.sse import SSEResponse
+from aigw.errors import GatewayError
 from aigw.gateway import CallContext
 from aigw.limits import estimate_chat
 from aigw.providers.base import ChatInput
@@ -19,6 +20,14 @@ from aigw.schema.chat import ChatCompletionRequest
 
 
 async def chat_completions(request: Request) -> Response | ASGIApp:
+    try:
+        return await _chat_completions(request)
+    except GatewayError as err:  # x-aigw-cache is on every chat response (contract), refusals before the cache too
+        err.headers.setdefault("x-aigw-cache", "bypass")
+        raise
+
+
+async def _chat_completions(request: Request) -> Response | ASGIApp:
     started = time.perf_counter()
     svc = services(request)
     principal = client_principal(request, svc)
