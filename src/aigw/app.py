@@ -25,6 +25,7 @@ from aigw.caching import ResponseCache
 from aigw.config import Settings, load_settings
 from aigw.errors import GatewayError, InvalidRequest, NotFound
 from aigw.gateway import Gateway
+from aigw.keynotices import KeyNotices
 from aigw.metering import UsageRecorder, prune_forever
 from aigw.pricing import PriceTable
 from aigw.providers import build_upstream
@@ -94,6 +95,11 @@ def create_app(settings: Settings) -> Starlette:
             else None
         )
         sync = KeySync(tenants, keys, settings.key_sync_interval_s)
+        notices = (
+            KeyNotices(settings.redis_url, keys, sync, timeout_s=settings.redis_timeout_s)
+            if settings.redis_url
+            else None
+        )
         svc = Services(
             settings=settings,
             engine=engine,
@@ -116,6 +122,7 @@ def create_app(settings: Settings) -> Starlette:
             recorder=recorder,
             started_at=int(time.time()),
             key_sync=sync,
+            notices=notices,
         )
         app.state.aigw = svc
         try:
@@ -128,6 +135,8 @@ def create_app(settings: Settings) -> Starlette:
         except Exception as exc:  # start anyway: /healthz answers, /readyz says why not, the sync retries
             log.error("could not load API keys at start (%s); will retry in the background", type(exc).__name__)
         sync.start()
+        if notices is not None:
+            notices.start()
         recorder.start()
         retention = (
             asyncio.get_running_loop().create_task(prune_forever(usage, settings.usage.retention_days))
@@ -141,6 +150,8 @@ def create_app(settings: Settings) -> Starlette:
             if retention is not None:
                 retention.cancel()
             await sync.stop()
+            if notices is not None:
+                await notices.stop()
             await recorder.stop()
             await close_session(session)
             await engine.dispose()

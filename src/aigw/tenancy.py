@@ -111,6 +111,7 @@ class KeySync:
         self._interval = interval_s
         self._since = datetime.now(UTC)
         self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
         self.loaded = False
 
     async def load(self) -> None:
@@ -127,9 +128,16 @@ class KeySync:
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="aigw-key-sync")
 
+    def wake(self) -> None:
+        """Sync now rather than at the next poll (a key-change notice from another process arrived)."""
+        self._wake.set()
+
     async def _run(self) -> None:
         while True:
-            await asyncio.sleep(self._interval)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._interval):
+                    await self._wake.wait()
+            self._wake.clear()
             try:
                 await (self.sync_once() if self.loaded else self.load())
             except Exception as exc:  # the database may be down; auth keeps working from the cache

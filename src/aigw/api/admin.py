@@ -1,13 +1,13 @@
 """Admin API (contract): tenants CRUD, keys create/revoke, usage. Guarded by the admin key (constant-time).
 
-Writes go to the database first, then to this process's key cache, so a revoked key stops working here at once
-(other processes pick it up with their key sync).
+Writes go to the database first, then to this process's key cache, so a revoked key stops working here at once;
+other processes get a notice over Redis pub/sub when it is configured (keynotices.py), else their next key sync.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import asdict
 from datetime import UTC, date, datetime
@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from aigw.api.bodies import read_json_object, typed
-from aigw.api.deps import require_admin, services
+from aigw.api.deps import Services, require_admin, services
 from aigw.errors import Conflict, GatewayError, InvalidRequest, NotFound, ServiceUnavailable
 from aigw.store.tenants import DuplicateKeyError, KeyGrant, Tenant, TenantNotFoundError
 from aigw.tenancy import display_prefix, hash_key, new_key
@@ -90,6 +90,12 @@ async def _body(request: Request) -> dict[str, Any]:
     return await read_json_object(request, services(request).settings.max_body_bytes)
 
 
+async def _notify(svc: Services, *, revoked: Sequence[str] = (), deleted_tenant: str | None = None) -> None:
+    """Push the change to the other processes (Redis); without Redis they see it at their next key sync."""
+    if svc.notices is not None:
+        await svc.notices.publish(revoked=revoked, deleted_tenant=deleted_tenant)
+
+
 async def create_tenant(request: Request) -> Response:
     svc = services(request)
     require_admin(request, svc)
@@ -105,6 +111,7 @@ async def create_tenant(request: Request) -> Response:
             key_prefix=display_prefix(key),
         )
     svc.keys.apply([KeyGrant(key_id=api_key.id, key_hash=hash_key(key), tenant=tenant, revoked=False)])
+    await _notify(svc)
     return _json({**_tenant(tenant), "api_key": key, "key_id": api_key.id}, 201)
 
 
@@ -144,6 +151,7 @@ async def update_tenant(request: Request) -> Response:
     if tenant is None:
         raise NotFound(f"No tenant with id {tid!r}")
     svc.keys.update_tenant(tenant.id, tenant.rate_limit_rpm, tenant.rate_limit_tpm, tenant.monthly_budget_usd)
+    await _notify(svc)
     return _json(_tenant(tenant))
 
 
@@ -156,6 +164,7 @@ async def delete_tenant(request: Request) -> Response:
     if revoked is None:
         raise NotFound(f"No tenant with id {tid!r}")
     svc.keys.delete_tenant(tid, revoked)
+    await _notify(svc, revoked=revoked, deleted_tenant=tid)
     return _json({"id": tid, "deleted": True, "revoked_keys": revoked})
 
 
@@ -177,6 +186,7 @@ async def create_key(request: Request) -> Response:
         raise NotFound(f"No tenant with id {tid!r}") from None
     tenant = await _get(request)
     svc.keys.apply([KeyGrant(key_id=api_key.id, key_hash=hash_key(key), tenant=tenant, revoked=False)])
+    await _notify(svc)
     return _json({"id": api_key.id, "tenant_id": tid, "api_key": key, "prefix": api_key.prefix}, 201)
 
 
@@ -189,6 +199,7 @@ async def revoke_key(request: Request) -> Response:
     if key is None:
         raise NotFound(f"No key with id {kid!r}")
     svc.keys.revoke([kid])
+    await _notify(svc, revoked=[kid])
     return _json({"id": kid, "revoked": True})
 
 

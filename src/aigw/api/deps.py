@@ -13,6 +13,7 @@ from aigw.api.middleware import REQUEST_ID_KEY
 from aigw.config import Settings
 from aigw.errors import Unauthorized
 from aigw.gateway import Gateway
+from aigw.keynotices import KeyNotices
 from aigw.metering import UsageRecorder
 from aigw.state.factory import TransitionCounter
 from aigw.store.tenants import TenantRepo
@@ -33,6 +34,7 @@ class Services:
     key_sync: KeySync
     redis: Redis | None
     transitions: TransitionCounter
+    notices: KeyNotices | None = None
 
 
 def services(request: Request) -> Services:
