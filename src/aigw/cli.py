@@ -71,7 +71,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "http": "httptools",
         "access_log": False,  # per-request logs are structured and cheap (issue 7), not uvicorn's
         "log_level": settings.log_level,
-        "timeout_graceful_shutdown": 30,
+        # Drain: uvicorn stops accepting at once, waits for in-flight requests and streams up to this, then runs the
+        # lifespan shutdown, which flushes the usage queue.
+        "timeout_graceful_shutdown": settings.shutdown_drain_s,
     }
     if args.workers > 1 or args.reload:
         os.environ["AIGW_CONFIG"] = path  # each worker process rebuilds the app from it

@@ -24,6 +24,7 @@ from sqlalchemy.engine import make_url
 
 from aigw import __version__
 from aigw.store.migrate import head_revision
+from tests.fakes import faults
 from tests.fakes.ollama_fake import FakeOllama
 from tests.support.databases import run_private
 from tests.support.gateway import free_port
@@ -257,6 +258,39 @@ def test_sigterm_stops_gracefully_with_exit_0(tmp_path: Path) -> None:
     assert code is not None, f"aigw serve ignored SIGTERM for {STOP_DEADLINE_S}s:\n{gw.output()}"
     assert took < STOP_DEADLINE_S
     assert code == 0, f"aigw serve exited with {code} after SIGTERM (want 0):\n{gw.output()[-600:]}"
+
+
+def test_sigterm_drains_an_in_flight_stream_refuses_new_connections_and_flushes_usage(tmp_path: Path) -> None:
+    db = tmp_path / "aigw.db"
+    with FakeOllama() as olla:
+        olla.inject(faults.slow(0.3))  # 0.3 s before every chunk: the stream is still running when SIGTERM comes
+        config = write_config(tmp_path / "aigw.yaml", sqlite(db), olla)
+        with serving(tmp_path, "--config", str(config)) as gw:
+            key = gw.admin("POST", "/admin/tenants", {"name": "drain"}).json()["api_key"]
+            body = {"model": "llama", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+            lines: list[str] = []
+            headers = {"authorization": f"Bearer {key}"}
+            with httpx.stream("POST", gw.url + "/v1/chat/completions", json=body, headers=headers, timeout=30) as r:
+                it = r.iter_lines()
+                while not (line := next(it)).startswith("data: "):
+                    pass
+                lines.append(line)
+                gw.proc.send_signal(signal.SIGTERM)  # mid-stream
+                deadline = time.monotonic() + STOP_DEADLINE_S
+                while True:  # the listener closes at once; the stream being served carries on
+                    try:
+                        httpx.get(gw.url + "/healthz", timeout=1)
+                    except httpx.TransportError:
+                        break
+                    assert time.monotonic() < deadline, "still accepting connections after SIGTERM"
+                lines += [line for line in it if line.startswith("data: ")]
+            code = gw.proc.wait(STOP_DEADLINE_S)
+    assert lines[-1] == "data: [DONE]", lines[-3:]
+    assert len(lines) > 3
+    assert code == 0, gw.output()[-600:]
+    with sqlite3.connect(db) as conn:  # flushed before exit: one row, the stream's, complete
+        rows = conn.execute("SELECT status, stream, completion_tokens FROM usage_records").fetchall()
+    assert len(rows) == 1 and rows[0][0] == 200 and rows[0][1] and rows[0][2] > 0, rows
 
 
 def test_aigw_config_env_instead_of_flag(tmp_path: Path) -> None:

@@ -170,6 +170,8 @@ class Settings(_Model):
     # Deadline for serving a request across its whole chain of targets, retries and back-off included (for a
     # stream: until its first chunk). Retries x timeouts can never exceed it.
     request_timeout_s: Annotated[float, Field(gt=0)] = 120.0
+    # On SIGTERM: stop accepting, let in-flight requests and streams finish for up to this long, then flush usage.
+    shutdown_drain_s: Annotated[float, Field(gt=0)] = 30.0
     # How often keys/tenants changed by other processes are picked up (revocations on this process are immediate).
     key_sync_interval_s: Annotated[float, Field(gt=0)] = 1.0
     log_level: Literal["debug", "info", "warning", "error"] = "info"
