@@ -4,13 +4,16 @@ resources (database engine, upstream HTTP session, background tasks). Nothing is
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import signal
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
+import aiohttp
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -30,7 +33,7 @@ from aigw.metering import UsageRecorder, prune_forever
 from aigw.pricing import PriceTable
 from aigw.providers import build_upstream
 from aigw.providers.transport import close_session, make_session
-from aigw.routing import Router, Target
+from aigw.reload import reload_from, router_for
 from aigw.state.budgets import month_of, month_start
 from aigw.state.factory import (
     TransitionCounter,
@@ -49,15 +52,6 @@ from aigw.tenancy import KeyCache, KeySync
 log = logging.getLogger("aigw")
 
 
-def _router(settings: Settings) -> Router:
-    enabled = [p.name for p in settings.providers if p.enabled]
-    for p in settings.providers:
-        if not p.enabled:
-            log.warning("provider %s (%s) is disabled: its api_key is empty", p.name, p.type)
-    aliases = {m.name: [Target(t.provider, t.model, t.retries) for t in m.targets] for m in settings.models}
-    return Router(aliases, enabled)
-
-
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     err: GatewayError
@@ -69,7 +63,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return error_response(err)
 
 
-def create_app(settings: Settings) -> Starlette:
+def create_app(settings: Settings, config_path: str | None = None) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         logging.getLogger("aigw").setLevel(settings.log_level.upper())
@@ -104,7 +98,7 @@ def create_app(settings: Settings) -> Starlette:
             settings=settings,
             engine=engine,
             gateway=Gateway(
-                _router(settings),
+                router_for(settings),
                 upstreams,
                 recorder,
                 breaker,
@@ -123,6 +117,7 @@ def create_app(settings: Settings) -> Starlette:
             started_at=int(time.time()),
             key_sync=sync,
             notices=notices,
+            config_path=config_path,
         )
         app.state.aigw = svc
         try:
@@ -135,6 +130,8 @@ def create_app(settings: Settings) -> Starlette:
         except Exception as exc:  # start anyway: /healthz answers, /readyz says why not, the sync retries
             log.error("could not load API keys at start (%s); will retry in the background", type(exc).__name__)
         sync.start()
+        if config_path is not None:
+            _on_sighup(svc, session)
         if notices is not None:
             notices.start()
         recorder.start()
@@ -147,6 +144,9 @@ def create_app(settings: Settings) -> Starlette:
         try:
             yield
         finally:
+            if config_path is not None:
+                with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
+                    asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
             if retention is not None:
                 retention.cancel()
             await sync.stop()
@@ -170,6 +170,20 @@ def create_app(settings: Settings) -> Starlette:
     )
 
 
+def _on_sighup(svc: Services, session: aiohttp.ClientSession) -> None:
+    """SIGHUP reloads the config file (reload.py). Only the main thread can own a signal: in a thread (tests,
+    embedding) there is no handler and reloading is left to the host."""
+    path = svc.config_path
+    assert path is not None
+
+    def reload() -> None:
+        svc.settings = reload_from(path, svc.settings, svc.gateway, session)
+
+    with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)
+
+
 def app_from_env() -> Starlette:
     """uvicorn factory for ``--workers N`` and ``--reload``: each worker process builds its own app."""
-    return create_app(load_settings(os.environ["AIGW_CONFIG"]))
+    path = os.environ["AIGW_CONFIG"]
+    return create_app(load_settings(path), config_path=path)

@@ -55,14 +55,14 @@ class ResponseCache:
     def __init__(self, store: CacheStore, config: CacheConfig, aliases: Mapping[str, AliasCache]) -> None:
         self.store = store
         self._ttl_s = config.ttl_s
-        self._aliases = aliases
+        self.aliases = aliases
         self.counts = {"hit": 0, "miss": 0, "bypass": 0, "stored": 0, "unreadable": 0}
 
     def plan(
         self, tenant_id: str, model: str, targets: Sequence[Target], chat: ChatInput, cache_control: str | None
     ) -> CachePlan | None:
         """The entry this request reads and/or writes, or None when the cache must not be touched."""
-        alias = self._aliases.get(model)
+        alias = self.aliases.get(model)
         if alias is not None and not alias.enabled:
             return None
         directive = cacheable(chat.request, cache_control)

@@ -84,7 +84,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # uvicorn re-raises the signal it shut down on once its own handlers are removed; a graceful stop on
         # SIGTERM (what process managers send) is a clean exit, so let that re-raised SIGTERM end with status 0.
         signal.signal(signal.SIGTERM, _exit_cleanly)
-        uvicorn.run(create_app(settings), **common)
+        uvicorn.run(create_app(settings, config_path=path), **common)
     return 0
 
 

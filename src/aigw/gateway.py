@@ -15,6 +15,7 @@ from decimal import Decimal
 from typing import Any, TypeVar
 
 from aigw.caching import CachedAnswer, CachePlan, CacheStatus, ResponseCache
+from aigw.config.model import AliasCache
 from aigw.errors import BudgetExceeded, ClientDisconnected, GatewayError
 from aigw.fallback import Chain, ChainFailed
 from aigw.fallback import Served as ServedBy
@@ -89,6 +90,21 @@ class Gateway:
         self._recorder = recorder
         self._chain = Chain(upstreams, breaker)
         self._request_timeout_s = request_timeout_s
+
+    def reconfigure(
+        self,
+        router: Router,
+        upstreams: Mapping[str, Upstream],
+        prices: PriceTable,
+        cache_aliases: Mapping[str, AliasCache],
+    ) -> None:
+        """Swap in a reloaded config (reload.py). Requests already running keep what they started with."""
+        self.router = router
+        self.upstreams = upstreams
+        self.prices = prices
+        self._chain = Chain(upstreams, self.breaker)
+        if self.cache is not None:
+            self.cache.aliases = cache_aliases
 
     def _record(
         self,

@@ -293,6 +293,61 @@ def test_sigterm_drains_an_in_flight_stream_refuses_new_connections_and_flushes_
     assert len(rows) == 1 and rows[0][0] == 200 and rows[0][1] and rows[0][2] > 0, rows
 
 
+def model_ids(gw: Served, key: str) -> set[str]:
+    return {m["id"] for m in gw.get("/v1/models", key).json()["data"]}
+
+
+def test_sighup_reloads_aliases_without_dropping_a_stream(tmp_path: Path) -> None:
+    db = tmp_path / "aigw.db"
+    path = tmp_path / "aigw.yaml"
+    with FakeOllama() as olla:
+        config = write_config(path, sqlite(db), olla)
+        with serving(tmp_path, "--config", str(config)) as gw:
+            key = gw.admin("POST", "/admin/tenants", {"name": "reload"}).json()["api_key"]
+            assert "llama-b" not in model_ids(gw, key)
+            olla.inject(faults.slow(0.2))
+            body = {"model": "llama", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+            headers = {"authorization": f"Bearer {key}"}
+            with httpx.stream("POST", gw.url + "/v1/chat/completions", json=body, headers=headers, timeout=30) as r:
+                it = r.iter_lines()
+                lines = [next(line for line in it if line.startswith("data: "))]
+                new = yaml.safe_load(path.read_text())
+                new["models"].append({"name": "llama-b", "targets": [{"provider": "local", "model": "llama3:8b"}]})
+                path.write_text(yaml.safe_dump(new))
+                gw.proc.send_signal(signal.SIGHUP)
+                deadline = time.monotonic() + 5
+                while "llama-b" not in model_ids(gw, key):  # the reload is done between two requests
+                    assert time.monotonic() < deadline, "SIGHUP did not reload the aliases:\n" + gw.output()[-600:]
+                lines += [line for line in it if line.startswith("data: ")]
+            assert lines[-1] == "data: [DONE]", "the stream running across the reload completes"
+            chat = httpx.post(
+                gw.url + "/v1/chat/completions",
+                json={"model": "llama-b", "messages": [{"role": "user", "content": "hi"}]},
+                headers=headers,
+                timeout=10,
+            )
+            assert chat.status_code == 200, chat.text
+
+            path.write_text("models: [not, a, mapping")  # broken YAML: the running config stays
+            gw.proc.send_signal(signal.SIGHUP)
+            deadline = time.monotonic() + 5
+            while "config reload failed" not in gw.output():
+                assert time.monotonic() < deadline, gw.output()[-600:]
+                assert gw.get("/healthz").status_code == 200
+            assert "llama-b" in model_ids(gw, key) and gw.proc.poll() is None
+
+            new["database_url"] = sqlite(tmp_path / "other.db")
+            path.write_text(yaml.safe_dump(new))
+            gw.proc.send_signal(signal.SIGHUP)
+            deadline = time.monotonic() + 5
+            while "only take effect after a restart" not in gw.output():
+                assert time.monotonic() < deadline, gw.output()[-600:]
+            assert "database_url" in gw.output()
+            assert gw.get("/readyz").status_code == 200
+            code = gw.stop()
+    assert code == 0
+
+
 def test_aigw_config_env_instead_of_flag(tmp_path: Path) -> None:
     config = write_config(tmp_path / "aigw.yaml", sqlite(tmp_path / "env.db"))
     with serving(tmp_path, env=clean_env(AIGW_CONFIG=str(config))) as gw:

@@ -35,6 +35,7 @@ class Services:
     redis: Redis | None
     transitions: TransitionCounter
     notices: KeyNotices | None = None
+    config_path: str | None = None  # what SIGHUP reloads (None: built from settings in code, nothing to reload)
 
 
 def services(request: Request) -> Services:
