@@ -90,6 +90,13 @@ def cacheable(req: ChatCompletionRequest, cache_control: str | None) -> CacheDir
 
 def cache_key(scope: str, targets: Sequence[str], raw: Mapping[str, Any]) -> str:
     """sha256 hex of everything that changes the answer. Top-level ``null`` fields count as absent."""
-    request = {k: v for k, v in raw.items() if k not in IGNORED_FIELDS and v is not None}
+    request = {k: _number(v) for k, v in raw.items() if k not in IGNORED_FIELDS and v is not None}
     payload = {"v": KEY_VERSION, "scope": scope, "targets": list(targets), "request": request}
     return hashlib.sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def _number(value: Any) -> Any:
+    """``0`` and ``0.0`` are one JSON number to the provider: one key for both (top-level sampling fields)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value

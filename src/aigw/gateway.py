@@ -236,14 +236,19 @@ class Gateway:
     async def _lookup(
         self, ctx: CallContext, targets: Sequence[Target], chat: ChatInput
     ) -> tuple[CachePlan | None, CachedAnswer | None]:
-        """The request's cache entry and, if it holds an answer, that answer; sets ``ctx.cache``."""
+        """The request's cache entry and, if it holds an answer, that answer. ``ctx.cache`` says ``bypass`` until
+        the request is admitted (``_admitted``): a refused request was served nothing, from the cache or not."""
+        ctx.cache = "bypass"
         if self.cache is None:
-            ctx.cache = "bypass"
             return None, None
         plan = self.cache.plan(ctx.principal.tenant_id, ctx.model, targets, chat, ctx.cache_control)
         hit = await self.cache.get(plan) if plan is not None else None
-        ctx.cache = self.cache.status(plan, hit)
         return plan, hit
+
+    async def _admitted(self, ctx: CallContext, plan: CachePlan | None, hit: CachedAnswer | None) -> None:
+        await self._admit(ctx, cached=hit is not None)
+        if self.cache is not None:
+            ctx.cache = self.cache.status(plan, hit)
 
     async def chat(self, ctx: CallContext, chat: ChatInput) -> Served:
         async def call(target: Target, upstream: Upstream) -> Completion:
@@ -252,7 +257,7 @@ class Gateway:
         with self._metered(ctx):
             targets = self.router.resolve(ctx.model)
             plan, hit = await self._lookup(ctx, targets, chat)
-            await self._admit(ctx, cached=hit is not None)
+            await self._admitted(ctx, plan, hit)
             if hit is not None:
                 body = hit.body(new_identity())
                 target = Target(hit.provider, hit.upstream_model)
@@ -285,7 +290,7 @@ class Gateway:
         with self._metered(ctx):
             targets = self.router.resolve(ctx.model)
             plan, hit = await self._lookup(ctx, targets, chat)
-            await self._admit(ctx, cached=hit is not None)
+            await self._admitted(ctx, plan, hit)
             if hit is not None:
                 return ReplayStream(self, ctx, hit, ident, include_usage=chat.request.wants_usage)
             served = await self._run(ctx, targets, call, hold_on_success=True)

@@ -149,3 +149,9 @@ def test_key_does_not_mutate_the_raw_request() -> None:
     raw = {**BASE, "stream": True}
     key(raw)
     assert raw["stream"] is True
+
+
+def test_integral_floats_and_ints_are_one_key_but_fractions_differ() -> None:
+    assert key({**BASE, "temperature": 0.0}) == key({**BASE, "temperature": 0})
+    assert key({**BASE, "max_tokens": 64.0}) == key({**BASE, "max_tokens": 64})
+    assert key({**BASE, "top_p": 0.5}) != key({**BASE, "top_p": 1})

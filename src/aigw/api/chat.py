@@ -47,6 +47,7 @@ async def _chat_completions(request: Request) -> Response | ASGIApp:
                 "x-aigw-attempts": str(committed.attempts),
                 "x-aigw-cache": ctx.cache or "bypass",
                 **ctx.limit_headers,
+                **({"x-aigw-cost-usd": "0"} if ctx.cache == "hit" else {}),  # a stream's cost is known only at a hit
             },
         )
     served = await until_disconnect(request.receive, svc.gateway.chat(ctx, chat))
