@@ -84,6 +84,8 @@ class Permit:
     trial: bool  # True if this is the half-open trial
     epoch: int = 0  # the target's epoch when granted: tells current verdicts from stragglers
     local: bool = False  # issued by in-process state (the memory store, or the Redis store's fallback)
+    # Granted while closed with no consecutive failures: a hint (the Redis store batches such successes), not identity.
+    clean: bool = field(default=False, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,6 +5,12 @@ Each acquire or release is ONE ``EVALSHA`` (loaded on ``NOSCRIPT``) of ``lua/bre
 with skewed clocks agree on cooldowns and leases. The rolling window lives in the same hash as a ring of buckets;
 every write refreshes the hash's TTL, so targets nobody uses any more expire.
 
+Successes are batched: a success under a *clean* permit (granted while the circuit was closed with no consecutive
+failures) changes nothing in Redis but the window's request count, so it is counted here and sent with this replica's
+next release call for that target, at the latest ``success_flush_s`` later. That saves a round trip on nearly every
+request. The cost: window counts lag by up to ``success_flush_s``, and a batched success resets the consecutive-
+failure count only when it is sent (it is then taken as newer than the failures counted so far).
+
 Redis trouble never reaches the caller. A failed or slow call (``op_timeout_s`` bounds it, whatever the client's own
 retry policy) is answered by the ``fallback`` memory store, and for ``retry_interval_s`` afterwards calls go straight
 to the fallback instead of paying a timeout each; then Redis is tried again, so recovery is automatic. Permits from
@@ -16,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -68,6 +75,8 @@ class RedisBreakerStore(GuardedStore):
         op_timeout_s: float = 0.25,
         retry_interval_s: float = 1.0,
         warn_interval_s: float = 30.0,
+        success_flush_s: float = 1.0,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         """``clock`` is for tests only: it replaces Redis TIME in the scripts (leave it None in production, where
         replicas must share one clock). ``ttl_s`` defaults to an hour, or longer if the policy needs it."""
@@ -95,14 +104,18 @@ class RedisBreakerStore(GuardedStore):
         )
         self._acquire_tail = (repr(policy.cooldown_s), repr(policy.trial_lease_s), self.ttl_s)
         self.degraded_calls = 0  # calls answered by the fallback because Redis failed or was being skipped
+        self._success_flush_s = success_flush_s
+        self._monotonic = monotonic
+        self._batched: dict[str, int] = {}  # successes not yet sent, per target
+        self._sent_at: dict[str, float] = {}  # when each target's batch was last sent (monotonic)
 
     async def acquire(self, key: str) -> Permit | None:
         reply = await self._guard.call(lambda: self._eval(self._acquire_script, key, self._now(), *self._acquire_tail))
         if reply is not REDIS_DOWN:
-            allowed, epoch, trial, moved = reply
+            allowed, epoch, trial, moved, clean = reply
             if moved and self._on_transition is not None:
                 self._on_transition(key, CircuitState.OPEN, CircuitState.HALF_OPEN)
-            return Permit(key, bool(trial), int(epoch)) if allowed else None
+            return Permit(key, bool(trial), int(epoch), clean=bool(clean)) if allowed else None
         self.degraded_calls += 1
         return await self._fallback.acquire(key)
 
@@ -113,8 +126,19 @@ class RedisBreakerStore(GuardedStore):
         if self.degraded:
             self.degraded_calls += 1  # a Redis permit, Redis unreachable: the verdict is dropped (see module doc)
             return
+        key = permit.key
+        if outcome is Outcome.NEUTRAL and not permit.trial:
+            return  # no verdict and no slot to free: nothing to tell Redis
+        if outcome is Outcome.SUCCESS and permit.clean and not permit.trial:
+            now = self._monotonic()
+            if now - self._sent_at.get(key, -math.inf) < self._success_flush_s:
+                self._batched[key] = self._batched.get(key, 0) + 1
+                return
+            self._sent_at[key] = now
+        batched = self._batched.pop(key, 0)
         args = (self._now(), outcome.value, permit.epoch, int(permit.trial), truncate_error(error) or "")
-        moved = await self._guard.call(lambda: self._eval(self._release_script, permit.key, *args, *self._release_tail))
+        tail = (*self._release_tail, batched)
+        moved = await self._guard.call(lambda: self._eval(self._release_script, key, *args, *tail))
         if moved is REDIS_DOWN:
             self.degraded_calls += 1
             return
@@ -151,8 +175,8 @@ class RedisBreakerStore(GuardedStore):
     @staticmethod
     def _health(key: str, v: list[str | None], current: int) -> TargetHealth:
         state, cf, last_error, opened_at, *window = v
-        if state is None and cf is None:
-            return closed_health(key)  # no hash: never failed, or expired
+        if state is None and cf is None and all(x is None for x in window):
+            return closed_health(key)  # no hash: never used, or expired
         buckets = [
             (int(index), int(r or 0), int(f or 0))
             for index, r, f in zip(window[0::3], window[1::3], window[2::3], strict=True)

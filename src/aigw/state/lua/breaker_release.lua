@@ -13,6 +13,8 @@
 -- ARGV[9]   bucket width in seconds (window_s / buckets)
 -- ARGV[10]  number of window buckets
 -- ARGV[11]  the hash's TTL in seconds
+-- ARGV[12]  successes this replica batched since its last release call (clean permits, see RedisBreakerStore):
+--           counted as requests in the current bucket, and as more recent than the failures counted so far
 --
 -- Returns {from, to} when this call moved the circuit, else an empty array.
 
@@ -60,9 +62,14 @@ if tonumber(redis.call('HGET', key, 'wb' .. slot)) ~= index then
   -- the slot holds an expired bucket: recycle it
   redis.call('HSET', key, 'wb' .. slot, index, 'wr' .. slot, 0, 'wf' .. slot, 0)
 end
-redis.call('HINCRBY', key, 'wr' .. slot, 1)
+local batched = tonumber(ARGV[12]) or 0
+redis.call('HINCRBY', key, 'wr' .. slot, 1 + batched)
 local failed = outcome == 'failure'
-local cf = tonumber(h[3]) or 0
+local stored_cf = tonumber(h[3]) or 0
+local cf = stored_cf
+if batched > 0 and current then
+  cf = 0  -- a success came after the failures counted so far
+end
 if failed then
   redis.call('HINCRBY', key, 'wf' .. slot, 1)
   cf = cf + 1
@@ -105,7 +112,7 @@ if trial then
 end
 
 if not failed then
-  if cf ~= 0 then
+  if stored_cf ~= 0 then
     redis.call('HSET', key, 'cf', 0)
   end
   return {}
