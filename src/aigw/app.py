@@ -23,17 +23,18 @@ from starlette.responses import Response
 from aigw.api import routes
 from aigw.api.deps import Services
 from aigw.api.errors import error_response, handle_gateway_error, handle_unexpected
-from aigw.api.middleware import RequestIdMiddleware
+from aigw.api.middleware import RequestIdMiddleware, TracingMiddleware
 from aigw.caching import ResponseCache
 from aigw.config import Settings, load_settings
 from aigw.errors import GatewayError, InvalidRequest, NotFound
 from aigw.gateway import Gateway
 from aigw.keynotices import KeyNotices
 from aigw.metering import UsageRecorder, prune_forever
+from aigw.observe import Observer
 from aigw.pricing import PriceTable
 from aigw.providers import build_upstream
 from aigw.providers.transport import close_session, make_session
-from aigw.reload import reload_from, router_for
+from aigw.reload import reload_from, router_for, trace_upstreams
 from aigw.state.budgets import month_of, month_start
 from aigw.state.factory import (
     TransitionCounter,
@@ -47,6 +48,9 @@ from aigw.store.db import make_engine
 from aigw.store.spend import spend_since
 from aigw.store.tenants import TenantRepo
 from aigw.store.usage import UsageRepo
+from aigw.telemetry.logs import configure_logging
+from aigw.telemetry.metrics import Metrics
+from aigw.telemetry.tracing import configure_tracing
 from aigw.tenancy import KeyCache, KeySync
 
 log = logging.getLogger("aigw")
@@ -64,6 +68,11 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 def create_app(settings: Settings, config_path: str | None = None) -> Starlette:
+    # Telemetry from the standard environment (OTEL_*, PROMETHEUS_MULTIPROC_DIR): traces only when configured.
+    metrics = Metrics.from_env()
+    tracing = configure_tracing()
+    observer = Observer(metrics, tracing)
+
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         logging.getLogger("aigw").setLevel(settings.log_level.upper())
@@ -77,8 +86,9 @@ def create_app(settings: Settings, config_path: str | None = None) -> Starlette:
             max_pending=settings.usage.max_pending,
         )
         upstreams = {p.name: build_upstream(p, session) for p in settings.providers if p.enabled}
+        trace_upstreams(upstreams, tracing)
         redis = make_redis(settings.redis_url, settings.redis_timeout_s) if settings.redis_url else None
-        transitions = TransitionCounter()
+        transitions = TransitionCounter(metrics)
         breaker = make_breaker(settings, redis, transitions)
         budgets = make_budgets(redis)
         keys = KeyCache()
@@ -107,6 +117,7 @@ def create_app(settings: Settings, config_path: str | None = None) -> Starlette:
                 limits=make_limits(settings, redis),
                 budgets=budgets,
                 cache=cache,
+                observer=observer,
             ),
             redis=redis,
             transitions=transitions,
@@ -157,10 +168,16 @@ def create_app(settings: Settings, config_path: str | None = None) -> Starlette:
             await engine.dispose()
             if redis is not None:
                 await redis.aclose()
+            if tracing is not None:
+                tracing.shutdown()
+            metrics.close()
 
     return Starlette(
         routes=routes(),
-        middleware=[Middleware(RequestIdMiddleware)],
+        middleware=[
+            *([Middleware(TracingMiddleware, tracing=tracing)] if tracing is not None else []),
+            Middleware(RequestIdMiddleware),
+        ],
         exception_handlers={
             GatewayError: handle_gateway_error,
             HTTPException: _http_error,
@@ -186,4 +203,6 @@ def _on_sighup(svc: Services, session: aiohttp.ClientSession) -> None:
 def app_from_env() -> Starlette:
     """uvicorn factory for ``--workers N`` and ``--reload``: each worker process builds its own app."""
     path = os.environ["AIGW_CONFIG"]
-    return create_app(load_settings(path), config_path=path)
+    settings = load_settings(path)
+    configure_logging(settings.log_level)
+    return create_app(settings, config_path=path)

@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 from datetime import date
 from decimal import Decimal
 from pathlib import Path
@@ -77,6 +78,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     }
     if args.workers > 1 or args.reload:
         os.environ["AIGW_CONFIG"] = path  # each worker process rebuilds the app from it
+        if args.workers > 1:  # one Prometheus registry across workers (files), set before any worker imports it
+            prom_dir = os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="aigw-prom-"))
+            from aigw.telemetry.metrics import prepare_multiproc_dir  # imports prometheus_client: after the env
+
+            prepare_multiproc_dir(prom_dir)
         uvicorn.run("aigw.app:app_from_env", factory=True, workers=args.workers, reload=args.reload, **common)
     else:
         from aigw.app import create_app
@@ -84,6 +90,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # uvicorn re-raises the signal it shut down on once its own handlers are removed; a graceful stop on
         # SIGTERM (what process managers send) is a clean exit, so let that re-raised SIGTERM end with status 0.
         signal.signal(signal.SIGTERM, _exit_cleanly)
+        from aigw.telemetry.logs import configure_logging
+
+        configure_logging(settings.log_level)  # structured JSON lines, written off the event loop
         uvicorn.run(create_app(settings, config_path=path), **common)
     return 0
 

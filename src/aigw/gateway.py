@@ -21,6 +21,7 @@ from aigw.fallback import Chain, ChainFailed
 from aigw.fallback import Served as ServedBy
 from aigw.limits import headers_for, refusal
 from aigw.metering import UsageRecorder
+from aigw.observe import Attempt, Observer
 from aigw.pricing import PriceTable
 from aigw.providers.base import ChatInput, Completion, EmbeddingsInput, EmbeddingsResult, StreamIdentity
 from aigw.providers.transport import Upstream, UpstreamStream
@@ -50,6 +51,8 @@ class CallContext:
     cache_control: str | None = None  # the client's Cache-Control header (chat only)
     cache: CacheStatus | None = None  # x-aigw-cache once decided; None: the cache does not apply (embeddings)
     target: Target | None = None  # the target whose client error is being returned, for the ledger
+    upstream_s: float = 0.0  # time spent waiting on upstreams (the gateway's overhead is the rest)
+    attempts: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +80,9 @@ class Gateway:
         limits: LimitStore | None = None,
         budgets: BudgetStore | None = None,
         cache: ResponseCache | None = None,
+        observer: Observer | None = None,
     ) -> None:
+        self.observer = observer
         self.limits = limits
         self.budgets = budgets
         self.cache = cache
@@ -151,6 +156,22 @@ class Gateway:
                 saved_cost_usd=saved,
             )
         )
+        if self.observer is not None:
+            self.observer.request(
+                request_id=ctx.request_id,
+                tenant=ctx.principal.tenant_id,
+                model=ctx.model,
+                provider=target.provider if target else None,
+                status=status,
+                cache=ctx.cache,
+                stream=ctx.stream,
+                duration_s=time.perf_counter() - ctx.started,
+                upstream_s=ctx.upstream_s,
+                usage=u,
+                cost=cost,
+                attempts=ctx.attempts,
+                error_type=error.error_type if error else None,
+            )
         return cost
 
     async def _after(self, tenant: str, reservation: Reservation | None, tokens: int, cost: Decimal | None) -> None:
@@ -174,6 +195,8 @@ class Gateway:
         if p.monthly_budget_usd is not None and self.budgets is not None:
             spent = await self.budgets.spent(p.tenant_id, month_of(datetime.now(UTC)))
             if spent >= p.monthly_budget_usd:
+                if self.observer is not None:
+                    self.observer.metrics.rejected(tenant=p.tenant_id, reason="budget")
                 raise BudgetExceeded(
                     f"This tenant's monthly budget of ${p.monthly_budget_usd} is spent (${spent:.6f} this month, UTC); "
                     "raise monthly_budget_usd or wait for the next month"
@@ -184,6 +207,9 @@ class Gateway:
         verdict = await self.limits.check(p.tenant_id, p.rate_limit_rpm, tpm, 0 if cached else ctx.token_estimate)
         ctx.limit_headers = headers_for(verdict)
         if not verdict.allowed:
+            if self.observer is not None:
+                tokens_refused = verdict.tokens is not None and not verdict.tokens.allowed
+                self.observer.metrics.rejected(tenant=p.tenant_id, reason="tpm" if tokens_refused else "rpm")
             raise refusal(verdict, ctx.limit_headers)
         ctx.reservation = verdict.reservation
 
@@ -198,6 +224,37 @@ class Gateway:
         if self.prices is None or target is None or upstream is None:
             return None
         return self.prices.cost(upstream.kind, target.model, usage)
+
+    async def _attempt(
+        self,
+        ctx: CallContext,
+        target: Target,
+        upstream: Upstream,
+        operation: str,
+        fn: Callable[[], Awaitable[T]],
+        *,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+    ) -> tuple[T, Attempt | None]:
+        """One upstream call, observed: its span is current while it runs (propagated upstream), its time is
+        charged to the request. A failed attempt is finished here; a successful one by the caller."""
+        obs = self.observer
+        if obs is None:
+            t0 = time.perf_counter()
+            try:
+                return await fn(), None
+            finally:
+                ctx.upstream_s += time.perf_counter() - t0
+        attempt = obs.attempt(target, upstream, operation, max_tokens=max_tokens, temperature=temperature)
+        try:
+            with attempt.current():
+                value = await fn()
+        except BaseException as exc:
+            attempt.finish(error=exc)
+            raise
+        finally:
+            ctx.upstream_s += attempt.charge()
+        return value, attempt
 
     @contextmanager
     def _metered(self, ctx: CallContext) -> Iterator[None]:
@@ -227,8 +284,11 @@ class Gateway:
         """Run the chain; a failure is re-raised as the error to report, with the number of targets tried."""
         deadline = asyncio.get_running_loop().time() + self._request_timeout_s
         try:
-            return await self._chain.run(targets, deadline, call, hold_on_success=hold_on_success)
+            served = await self._chain.run(targets, deadline, call, hold_on_success=hold_on_success)
+            ctx.attempts = served.attempts
+            return served
         except ChainFailed as failed:
+            ctx.attempts = failed.attempts
             ctx.target = failed.target
             failed.error.headers["x-aigw-attempts"] = str(failed.attempts)
             raise failed.error from None
@@ -249,10 +309,25 @@ class Gateway:
         await self._admit(ctx, cached=hit is not None)
         if self.cache is not None:
             ctx.cache = self.cache.status(plan, hit)
+            if self.observer is not None:
+                self.observer.metrics.cache_lookup(result=ctx.cache)
 
     async def chat(self, ctx: CallContext, chat: ChatInput) -> Served:
+        req = chat.request
+
         async def call(target: Target, upstream: Upstream) -> Completion:
-            return await upstream.chat(chat, target.model, new_identity())
+            done, attempt = await self._attempt(
+                ctx,
+                target,
+                upstream,
+                "chat",
+                lambda: upstream.chat(chat, target.model, new_identity()),
+                max_tokens=req.output_limit,
+                temperature=req.temperature,
+            )
+            if attempt is not None:
+                attempt.finish(usage=done.usage, response_model=done.response_model, finish_reason=done.finish_reason)
+            return done
 
         with self._metered(ctx):
             targets = self.router.resolve(ctx.model)
@@ -284,8 +359,21 @@ class Gateway:
         is replayed as a stream instead."""
         ident = new_identity()  # one id for the stream, whichever target ends up serving it
 
-        async def call(target: Target, upstream: Upstream) -> tuple[UpstreamStream, bytes]:
-            return await upstream.open_stream(chat, target.model, ident, include_usage=chat.request.wants_usage)
+        req = chat.request
+
+        async def call(target: Target, upstream: Upstream) -> tuple[UpstreamStream, bytes, Attempt | None]:
+            (stream, first), attempt = await self._attempt(
+                ctx,
+                target,
+                upstream,
+                "chat",
+                lambda: upstream.open_stream(chat, target.model, ident, include_usage=req.wants_usage),
+                max_tokens=req.output_limit,
+                temperature=req.temperature,
+            )
+            if attempt is not None:
+                attempt.first_chunk()
+            return stream, first, attempt
 
         with self._metered(ctx):
             targets = self.router.resolve(ctx.model)
@@ -294,15 +382,20 @@ class Gateway:
             if hit is not None:
                 return ReplayStream(self, ctx, hit, ident, include_usage=chat.request.wants_usage)
             served = await self._run(ctx, targets, call, hold_on_success=True)
-        stream, first = served.value
+        stream, first, attempt = served.value
         fill = CacheFill(self.cache, plan, ident) if plan is not None and self.cache is not None else None
-        return CommittedStream(self, ctx, served.target, stream, first, served.attempts, served.permit, fill)
+        return CommittedStream(self, ctx, served.target, stream, first, served.attempts, served.permit, fill, attempt)
 
     async def embed(self, ctx: CallContext, emb: EmbeddingsInput) -> Served:
         fmt = emb.request.encoding_format or "float"
 
         async def call(target: Target, upstream: Upstream) -> EmbeddingsResult:
-            return await upstream.embed(emb, target.model, fmt)
+            result, attempt = await self._attempt(
+                ctx, target, upstream, "embeddings", lambda: upstream.embed(emb, target.model, fmt)
+            )
+            if attempt is not None:
+                attempt.finish(usage=result.usage)
+            return result
 
         with self._metered(ctx):
             targets = self.router.resolve(ctx.model)

@@ -12,7 +12,7 @@ An invalid file changes nothing: the error is logged and the gateway goes on wit
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import aiohttp
@@ -22,9 +22,11 @@ from aigw.config.loader import ConfigError
 from aigw.gateway import Gateway
 from aigw.pricing import PriceTable
 from aigw.providers import build_upstream
+from aigw.providers.transport import Upstream
 from aigw.routing import Router, Target
+from aigw.telemetry.tracing import Tracing
 
-__all__ = ["RELOADABLE", "reload_from", "router_for"]
+__all__ = ["RELOADABLE", "reload_from", "router_for", "trace_upstreams"]
 
 log = logging.getLogger("aigw.reload")
 
@@ -38,6 +40,12 @@ def router_for(settings: Settings) -> Router:
             log.warning("provider %s (%s) is disabled: its api_key is empty", p.name, p.type)
     aliases = {m.name: [Target(t.provider, t.model, t.retries) for t in m.targets] for m in settings.models}
     return Router(aliases, enabled)
+
+
+def trace_upstreams(upstreams: Mapping[str, Upstream], tracing: Tracing | None) -> None:
+    """Propagate the trace context upstream when tracing is on."""
+    for upstream in upstreams.values():
+        upstream.trace_inject = tracing.inject if tracing is not None else None
 
 
 def _dump(settings: Settings, keys: Iterable[str]) -> dict[str, Any]:
@@ -56,6 +64,7 @@ def reload_from(path: str, current: Settings, gateway: Gateway, session: aiohttp
     if restart:
         log.warning("config reload: %s changed but only take effect after a restart", ", ".join(restart))
     upstreams = {p.name: build_upstream(p, session) for p in new.providers if p.enabled}
+    trace_upstreams(upstreams, gateway.observer.tracing if gateway.observer is not None else None)
     gateway.reconfigure(
         router_for(new),
         upstreams,

@@ -12,6 +12,7 @@ from aigw.breaker import Outcome, Permit
 from aigw.cache_stream import StreamAssembler, replay_chunks
 from aigw.caching import CachedAnswer, CachePlan, ResponseCache
 from aigw.errors import GatewayError, UpstreamError
+from aigw.observe import Attempt
 from aigw.providers.base import StreamIdentity
 from aigw.providers.transport import UpstreamStream
 from aigw.routing import Target
@@ -70,7 +71,9 @@ class CommittedStream:
         attempts: int,
         permit: Permit | None,
         fill: CacheFill | None = None,
+        attempt: Attempt | None = None,
     ) -> None:
+        self._attempt = attempt
         self.attempts = attempts
         self._permit = permit
         self._gw = gw
@@ -100,6 +103,16 @@ class CommittedStream:
         try:
             await self._stream.aclose()
         finally:
+            attempt = self._attempt
+            if attempt is not None:
+                self._ctx.upstream_s += attempt.charge()
+                stream = self._stream
+                attempt.finish(
+                    usage=stream.usage,
+                    response_model=getattr(stream, "response_model", None),
+                    finish_reason=getattr(stream, "finish_reason", None),
+                    error=error,
+                )
             self._gw._record(self._ctx, status=status, target=self.target, usage=self._stream.usage, error=error)
             if self._permit is not None:  # the target's verdict is the whole stream's, not its first chunk's
                 permit, self._permit = self._permit, None

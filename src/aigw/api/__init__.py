@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from starlette.routing import Route
 
-from aigw.api import admin, chat, embeddings, health, models
+from aigw.api import admin, chat, embeddings, health, metrics, models
 
 
 def routes() -> list[Route]:
@@ -14,6 +14,7 @@ def routes() -> list[Route]:
         Route("/v1/models", models.list_models, methods=["GET"]),
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", health.readyz, methods=["GET"]),
+        Route("/metrics", metrics.metrics, methods=["GET"]),
         Route("/admin/tenants", admin.create_tenant, methods=["POST"]),
         Route("/admin/tenants", admin.list_tenants, methods=["GET"]),
         Route("/admin/tenants/{tenant_id}", admin.get_tenant, methods=["GET"]),

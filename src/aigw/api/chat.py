@@ -48,6 +48,7 @@ async def _chat_completions(request: Request) -> Response | ASGIApp:
                 "x-aigw-cache": ctx.cache or "bypass",
                 **ctx.limit_headers,
                 **({"x-aigw-cost-usd": "0"} if ctx.cache == "hit" else {}),  # a stream's cost is known only at a hit
+                "x-aigw-overhead-ms": overhead_ms(ctx),  # until the first chunk
             },
         )
     served = await until_disconnect(request.receive, svc.gateway.chat(ctx, chat))
@@ -59,7 +60,13 @@ async def _chat_completions(request: Request) -> Response | ASGIApp:
             "x-aigw-attempts": str(served.attempts),
             "x-aigw-cache": ctx.cache or "bypass",
             **ctx.limit_headers,
+            "x-aigw-overhead-ms": overhead_ms(ctx),
             # Omitted when the model has no price: an unknown cost is not a zero cost.
             **({"x-aigw-cost-usd": format(served.cost_usd, "f")} if served.cost_usd is not None else {}),
         },
     )
+
+
+def overhead_ms(ctx: CallContext) -> str:
+    """Time spent in the gateway so far, excluding the time spent waiting on upstreams (x-aigw-overhead-ms)."""
+    return format(max(0.0, time.perf_counter() - ctx.started - ctx.upstream_s) * 1000.0, ".3f")

@@ -8,6 +8,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from aigw.api.bodies import read_json_object, typed
+from aigw.api.chat import overhead_ms
 from aigw.api.deps import client_principal, request_id, services
 from aigw.api.disconnect import until_disconnect
 from aigw.gateway import CallContext
@@ -26,5 +27,10 @@ async def embeddings(request: Request) -> Response:
     if principal.rate_limit_tpm is not None:
         ctx.token_estimate = estimate_embeddings(req)
     served = await until_disconnect(request.receive, svc.gateway.embed(ctx, EmbeddingsInput(req, raw)))
-    headers = {"x-aigw-provider": served.provider, "x-aigw-attempts": str(served.attempts), **ctx.limit_headers}
+    headers = {
+        "x-aigw-provider": served.provider,
+        "x-aigw-attempts": str(served.attempts),
+        "x-aigw-overhead-ms": overhead_ms(ctx),
+        **ctx.limit_headers,
+    }
     return Response(served.body, media_type="application/json", headers=headers)

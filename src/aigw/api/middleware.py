@@ -6,6 +6,8 @@ import os
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from aigw.telemetry.tracing import Tracing, set_server_status
+
 REQUEST_ID_KEY = "aigw.request_id"
 _MAX_ID = 128
 
@@ -41,3 +43,26 @@ class RequestIdMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_id)
+
+
+class TracingMiddleware:
+    """One SERVER span per HTTP request (continuing the client's ``traceparent``), around the whole exchange so a
+    stream's span lasts as long as the stream. Only installed when tracing is configured."""
+
+    def __init__(self, app: ASGIApp, tracing: Tracing) -> None:
+        self.app = app
+        self.tracing = tracing
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        with self.tracing.server_span(scope["method"], path, scope["headers"], path=path) as span:
+
+            async def send_with_status(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    set_server_status(span, message["status"])
+                await send(message)
+
+            await self.app(scope, receive, send_with_status)

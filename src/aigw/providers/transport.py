@@ -7,7 +7,7 @@ onto the gateway's error tree here and nowhere else.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 
@@ -199,6 +199,8 @@ class Upstream:
         self._signer = signer
         self._session = session
         self.timeouts = timeouts
+        # Adds the current trace context (traceparent) to each request; None when tracing is off (app.py sets it).
+        self.trace_inject: Callable[[dict[str, str]], None] | None = None
         # Streamed: aiohttp bounds connecting and each silence between reads; the first chunk is bounded with an
         # asyncio timeout (it spans several reads) and the whole stream with one timer (UpstreamStream).
         # Non-streamed: aiohttp's own timers (one per request) bound connect, each read (the first one is the
@@ -218,6 +220,8 @@ class Upstream:
     def _prepare(self, up: UpstreamRequest) -> tuple[str, dict[str, str]]:
         url = self.base_url + up.path
         headers = {"user-agent": _USER_AGENT, **up.headers}
+        if self.trace_inject is not None:  # before signing: SigV4 signs only its own headers, so either order works
+            self.trace_inject(headers)
         if self._signer is not None:
             headers = self._signer.sign(up.method, url, headers, up.body)
         return url, headers

@@ -19,19 +19,23 @@ from aigw.state.cache_memory import CacheStore, MemoryCacheStore
 from aigw.state.cache_redis import RedisCacheStore
 from aigw.state.limits_memory import MemoryLimitStore
 from aigw.state.limits_redis import RedisLimitStore
+from aigw.telemetry.metrics import Metrics
 
 # Short socket timeouts: a slow or dead Redis must degrade the gateway to local state, not stall requests.
 REDIS_SOCKET_TIMEOUT_S = 0.25
 
 
 class TransitionCounter:
-    """Circuit state changes per (target, new state): shown by /admin/providers (exported as metrics later)."""
+    """Circuit state changes per (target, new state): shown by /admin/providers (and to the metrics)."""
 
-    def __init__(self) -> None:
+    def __init__(self, metrics: Metrics | None = None) -> None:
         self.counts: Counter[tuple[str, str]] = Counter()
+        self._metrics = metrics
 
     def __call__(self, key: str, old: CircuitState, new: CircuitState) -> None:
         self.counts[(key, new.value)] += 1
+        if self._metrics is not None:
+            self._metrics.breaker_transition(target=key, state=new.value)
 
     def for_key(self, key: str) -> dict[str, int]:
         return {state: n for (k, state), n in self.counts.items() if k == key}

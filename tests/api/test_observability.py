@@ -1,0 +1,114 @@
+"""Issue 7 end to end: a gateway configured by OTEL_* exports a SERVER span per request and a CLIENT span per
+upstream attempt (fallbacks visible) to a real OTLP/HTTP receiver; the client's traceparent is continued and the
+upstream receives the attempt's; /metrics shows the counters moving; x-aigw-overhead-ms is on responses."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from aigw.config import parse_settings
+from tests.fakes.openai_fake import FakeOpenAI
+from tests.support.gateway import ADMIN_KEY, RunningGateway
+from tests.support.otlp import OtlpHttpReceiver
+
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+PARENT_ID = "00f067aa0ba902b7"
+CHAT = "/v1/chat/completions"
+
+
+@pytest.fixture
+def traced(sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[RunningGateway, FakeOpenAI, Any]]:
+    with OtlpHttpReceiver() as otlp, FakeOpenAI() as oai:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.endpoint)
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+        monkeypatch.setenv("OTEL_TRACES_EXPORTER", "otlp")
+        monkeypatch.setenv("OTEL_METRICS_EXPORTER", "none")
+        monkeypatch.setenv("OTEL_SERVICE_NAME", "aigw-test")
+        config = {
+            "admin_key": ADMIN_KEY,
+            "database_url": sqlite_url,
+            "usage": {"flush_interval_s": 0.05},
+            "providers": [
+                {"name": "dead", "type": "openai", "base_url": "http://127.0.0.1:9/v1", "api_key": "sk-x"},
+                {"name": "oai", "type": "openai", "base_url": oai.base_url, "api_key": oai.api_key},
+            ],
+            "models": [
+                {
+                    "name": "chain",
+                    "targets": [
+                        {"provider": "dead", "model": "gpt-4o-mini"},
+                        {"provider": "oai", "model": "gpt-4o-mini"},
+                    ],
+                }
+            ],
+            "pricing": {"gpt-4o-mini": {"input": 0.15, "output": 0.6}},
+        }
+        with RunningGateway(parse_settings(config, env={}), migrate=False) as gw:
+            yield gw, oai, otlp
+
+
+def test_spans_per_attempt_with_genai_attributes_and_trace_context(
+    traced: tuple[RunningGateway, FakeOpenAI, Any],
+) -> None:
+    gw, oai, otlp = traced
+    key = gw.new_tenant("traced")["api_key"]
+    headers = {"authorization": f"Bearer {key}", "traceparent": f"00-{TRACE_ID}-{PARENT_ID}-01"}
+    body = {"model": "chain", "max_tokens": 20, "temperature": 0.5, "messages": [{"role": "user", "content": "hi"}]}
+    r = httpx.post(gw.url + CHAT, json=body, headers=headers, timeout=10)
+    assert r.status_code == 200, r.text
+    assert r.headers["x-aigw-attempts"] == "2"
+    assert float(r.headers["x-aigw-overhead-ms"]) >= 0
+
+    tracing = gw.services.gateway.observer.tracing
+    assert tracing is not None and tracing.force_flush()
+    spans = otlp.wait_for(lambda s: len([x for x in s if x["trace_id"] == TRACE_ID]) >= 3)
+    mine = [s for s in spans if s["trace_id"] == TRACE_ID]
+    (server,) = [s for s in mine if s["kind"] == "SERVER"]
+    clients = sorted((s for s in mine if s["kind"] == "CLIENT"), key=lambda s: s["attributes"]["aigw.provider"])
+    assert server["parent_span_id"] == PARENT_ID, "the client's traceparent is continued"
+    assert server["attributes"]["http.response.status_code"] == 200
+    assert server["attributes"]["aigw.tenant.id"] and server["attributes"]["aigw.cost_usd"] > 0
+    assert [c["attributes"]["aigw.provider"] for c in clients] == ["dead", "oai"], "one span per attempt"
+    for c in clients:
+        assert c["parent_span_id"] == server["span_id"]
+        a = c["attributes"]
+        assert a["gen_ai.operation.name"] == "chat" and a["gen_ai.provider.name"] == "openai"
+        assert a["gen_ai.request.model"] == "gpt-4o-mini" and a["gen_ai.request.max_tokens"] == 20
+        assert a["gen_ai.request.temperature"] == 0.5 and a["server.address"] == "127.0.0.1"
+    dead, ok = clients
+    assert "error.type" in dead["attributes"]
+    assert ok["attributes"]["gen_ai.usage.input_tokens"] > 0 and ok["attributes"]["gen_ai.response.model"]
+    assert ok["attributes"]["gen_ai.response.finish_reasons"] == ["stop"]
+    # The upstream saw the attempt's own span as its parent.
+    (seen,) = oai.requests
+    assert seen.headers["traceparent"] == f"00-{TRACE_ID}-{ok['span_id']}-01"
+    assert all("hi" not in str(v) for s in mine for v in s["attributes"].values()), "no message content"
+
+
+def test_metrics_endpoint_counts_requests_and_tokens(traced: tuple[RunningGateway, FakeOpenAI, Any]) -> None:
+    gw, _, _ = traced
+    tenant = gw.new_tenant("metered")
+    body = {"model": "chain", "messages": [{"role": "user", "content": "hi"}]}
+    auth = {"authorization": f"Bearer {tenant['api_key']}"}
+    for _ in range(3):
+        assert httpx.post(gw.url + CHAT, json=body, headers=auth, timeout=10).status_code == 200
+    text = httpx.get(gw.url + "/metrics", timeout=10).text
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+    }
+
+    def total(name: str, **labels: str) -> float:
+        return sum(v for (n, ls), v in samples.items() if n == name and labels.items() <= dict(ls).items())
+
+    assert total("aigw_requests_total", tenant=tenant["id"], status="200", provider="oai") == 3
+    assert total("gen_ai_client_operation_duration_seconds_count", aigw_provider="dead") == 3
+    assert total("gen_ai_client_token_usage_count", gen_ai_token_type="input") >= 3
+    assert total("aigw_gateway_overhead_seconds_count") >= 3
+    assert total("aigw_cost_usd_total", tenant=tenant["id"]) > 0
