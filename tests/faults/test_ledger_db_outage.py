@@ -164,6 +164,12 @@ def test_no_usage_record_lost_when_postgres_stops_mid_load(cluster: Cluster, gw:
             ready = anon.get("/readyz")
             assert ready.status_code == 503, ready.text
             assert ready.json()["checks"]["database"].startswith("unavailable"), ready.text
+            # Admin writes need the database: a clear 503, never a 500 or a hang, and the server stays up.
+            admin = {"authorization": f"Bearer {ADMIN_KEY}"}
+            refused = anon.post("/admin/tenants", json={"name": "during-outage"}, headers=admin)
+            assert refused.status_code == 503, refused.text
+            error = refused.json()["error"]
+            assert "database" in error["message"].lower() and error["type"], error
         finally:
             cluster.start_and_wait()
 
