@@ -53,7 +53,7 @@ class RedisProcess:
         self._proc.kill()  # no shutdown save, no goodbye to clients: a crash
         self._proc.wait(10)
 
-    def keys(self) -> list[bytes]:
+    def keys(self) -> list[bytes | str]:
         return list(redis.Redis.from_url(self.url, socket_timeout=1).keys("*"))
 
 
