@@ -7,7 +7,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8080
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-dev run dev test test-fast lint fmt typecheck migrate bench clean
+.PHONY: help install install-dev run dev test test-fast lint fmt typecheck migrate bench soak clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -55,6 +55,9 @@ migrate: install ## apply database migrations to the config's database_url
 
 bench: install-dev ## benchmark: gateway overhead vs a direct call to a fast mock upstream
 	$(BIN)/python -m bench.run
+
+soak: install-dev ## the issue-8 soak: 10 minutes of mixed traffic against aigw serve, RSS sampled (SOAK_S=600)
+	AIGW_SOAK_S=$${SOAK_S:-600} $(BIN)/python -m pytest -q -s tests/soak
 
 clean: ## remove the virtualenv and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
