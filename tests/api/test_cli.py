@@ -20,6 +20,7 @@ import asyncpg
 import httpx
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.engine import make_url
 
 from aigw import __version__
@@ -416,8 +417,19 @@ def alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
+def requests_total(gw: Served, tenant_id: str) -> float:
+    text = httpx.get(gw.url + "/metrics", timeout=10).text
+    return sum(
+        s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+        if s.name == "aigw_requests_total" and s.labels.get("tenant") == tenant_id
+    )
+
+
 def test_serve_with_two_workers(tmp_path: Path) -> None:
-    config = write_config(tmp_path / "aigw.yaml", sqlite(tmp_path / "aigw.db"))
+    olla = FakeOllama().start()
+    config = write_config(tmp_path / "aigw.yaml", sqlite(tmp_path / "aigw.db"), olla)
     started: dict[int, str] = {}
     try:
         with serving(tmp_path, "--config", str(config), "--workers", "2") as gw:
@@ -434,11 +446,19 @@ def test_serve_with_two_workers(tmp_path: Path) -> None:
             for _ in range(2):  # fresh connections each time: either worker may answer
                 assert gw.get("/readyz").status_code == 200
                 assert gw.admin("GET", "/admin/tenants").status_code == 200
+            # Metrics add up across workers whichever one answers the scrape (prometheus multiprocess files).
+            tid = created.json()["id"]
+            body = {"model": "llama", "messages": [{"role": "user", "content": "hi"}]}
+            for _ in range(10):  # fresh connections: spread over both workers
+                r = httpx.post(gw.url + "/v1/chat/completions", json=body, headers={"authorization": f"Bearer {key}"})
+                assert r.status_code == 200, r.text
+            assert [requests_total(gw, tid) for _ in range(4)] == [10.0] * 4
             code = gw.stop()
         assert code == 0, f"--workers 2 exited with {code} after SIGTERM:\n{gw.output()[-600:]}"
         left = [pid for pid in workers if alive(pid)]
         assert not left, f"worker processes outlived the server: {left}"
     finally:
+        olla.stop()
         for pid, cmd in started.items():  # only the processes this test started (same pid, same command)
             if alive(pid) and cmdline(pid) == cmd:
                 os.kill(pid, signal.SIGKILL)
