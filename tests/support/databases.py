@@ -7,7 +7,10 @@ Loaded for every test by ``pytest_plugins = ["tests.support.databases"]`` in the
   its tables truncated before each test, dropped at the end. Do not change its schema in a test.
 * ``empty_sqlite_url`` / ``empty_pg_url``: a brand-new database per test, never migrated (for migration tests).
 * ``db_url``: parametrised over both backends; ``db_engine``: an engine on it, disposed afterwards.
-* ``redis_url``: database 15 of the test Redis, flushed before and after.
+* ``redis_url``: database 15 of the test Redis, flushed before and after, and held exclusively meanwhile: test
+  sessions running at the same time on this host (several checkouts, or an editor's test runner) share that one
+  database, and a flush from one would wipe the others' state mid-test (e.g. a circuit just reopened reads as
+  closed). A lock file per Redis server and database makes them take turns, one test at a time.
 
 Where the services are: ``AIGW_TEST_PG_URL`` (default ``postgresql+asyncpg://postgres@127.0.0.1:5432/test``; the
 role must be allowed to create databases) and ``AIGW_TEST_REDIS_URL`` (default ``redis://127.0.0.1:6379/0``).
@@ -20,10 +23,15 @@ not depend on (or disturb) pytest-asyncio's loop scopes.
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import hashlib
 import os
 import shutil
+import tempfile
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -60,6 +68,7 @@ DEFAULT_PG_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 REDIS_URL_ENV = "AIGW_TEST_REDIS_URL"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 REDIS_TEST_DB = 15  # flushed by the fixture: never point this at data you keep
+REDIS_LOCK_TIMEOUT_S = 300.0  # how long a test waits for another session's test to let go of the test database
 REQUIRE_ENV = "AIGW_REQUIRE_SERVICES"
 PROBE_TIMEOUT_S = 5.0
 
@@ -266,7 +275,8 @@ def redis_server() -> str:
 
 @pytest.fixture
 def redis_url(redis_server: str) -> Iterator[str]:
-    """The test Redis with database number 15, empty at the start and flushed afterwards."""
+    """The test Redis with database number 15, empty at the start and flushed afterwards; no other test session on
+    this host uses it meanwhile (see the module docstring)."""
     url = urlunsplit(urlsplit(redis_server)._replace(path=f"/{REDIS_TEST_DB}"))
 
     async def flush() -> None:
@@ -276,8 +286,30 @@ def redis_url(redis_server: str) -> Iterator[str]:
         finally:
             await client.aclose()
 
-    run_private(flush())
-    try:
-        yield url
-    finally:
+    with _host_lock("redis-" + hashlib.sha1(url.encode(), usedforsecurity=False).hexdigest()[:16]):
         run_private(flush())
+        try:
+            yield url
+        finally:
+            run_private(flush())
+
+
+@contextmanager
+def _host_lock(name: str, timeout: float = REDIS_LOCK_TIMEOUT_S) -> Iterator[None]:
+    """An exclusive lock shared by every process on this host (an advisory ``flock``, released by the kernel if its
+    holder dies); fails the test if another holds it longer than ``timeout``."""
+    path = Path(tempfile.gettempdir()) / f"aigw-tests-{name}.lock"
+    with path.open("a") as f:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"{path}: another test session held the test database for over {timeout:.0f} s")
+                time.sleep(0.01)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
