@@ -5,6 +5,7 @@ Every process is bounded by a timeout and stopped in ``finally`` (SIGTERM, then 
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -27,6 +28,7 @@ from aigw import __version__
 from aigw.store.migrate import head_revision
 from tests.fakes import faults
 from tests.fakes.ollama_fake import FakeOllama
+from tests.fakes.openai_fake import FakeOpenAI
 from tests.support.databases import run_private
 from tests.support.gateway import free_port
 
@@ -347,6 +349,40 @@ def test_sighup_reloads_aliases_without_dropping_a_stream(tmp_path: Path) -> Non
             assert gw.get("/readyz").status_code == 200
             code = gw.stop()
     assert code == 0
+
+
+def test_one_json_access_line_per_request_and_no_secret_in_the_logs(tmp_path: Path) -> None:
+    upstream_key = "sk-upstream-SECRET-0123456789"
+    with FakeOpenAI(api_key=upstream_key) as oai:
+        config = write_config(
+            tmp_path / "aigw.yaml",
+            sqlite(tmp_path / "aigw.db"),
+            log_level="info",
+            providers=[{"name": "oai", "type": "openai", "base_url": oai.base_url, "api_key": upstream_key}],
+            models=[{"name": "gpt", "targets": [{"provider": "oai", "model": "gpt-4o-mini"}]}],
+        )
+        with serving(tmp_path, "--config", str(config)) as gw:
+            tenant = gw.admin("POST", "/admin/tenants", {"name": "logged"}).json()
+            key = tenant["api_key"]
+            ids = []
+            for body in (
+                {"model": "gpt", "messages": [{"role": "user", "content": "PROMPT-TEXT-must-not-be-logged"}]},
+                {"model": "nope", "messages": [{"role": "user", "content": "x"}]},
+            ):
+                r = httpx.post(
+                    gw.url + "/v1/chat/completions", json=body, headers={"authorization": f"Bearer {key}"}, timeout=10
+                )
+                ids.append((r.headers["x-request-id"], r.status_code))
+            httpx.post(gw.url + "/v1/chat/completions", json={}, headers={"authorization": f"Bearer {key}x"})
+            assert gw.stop() == 0
+    output = gw.output()
+    for secret in (ADMIN, key, upstream_key, "PROMPT-TEXT-must-not-be-logged"):
+        assert secret not in output, f"a secret or a prompt reached the logs: {secret[:8]}…"
+    access = [json.loads(line) for line in output.splitlines() if '"logger":"aigw.access"' in line]
+    assert [(a["request_id"], a["status"]) for a in access] == ids
+    ok = access[0]
+    assert (ok["tenant"], ok["model"], ok["provider"], ok["cache"]) == (tenant["id"], "gpt", "oai", "bypass")
+    assert ok["prompt_tokens"] > 0 and ok["latency_ms"] > 0 and ok["level"] == "info"
 
 
 def test_aigw_config_env_instead_of_flag(tmp_path: Path) -> None:
