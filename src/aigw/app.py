@@ -27,6 +27,7 @@ from aigw.api.middleware import RequestIdMiddleware, TracingMiddleware
 from aigw.caching import ResponseCache
 from aigw.config import Settings, load_settings
 from aigw.errors import GatewayError, InvalidRequest, NotFound
+from aigw.events import EventService
 from aigw.gateway import Gateway
 from aigw.keynotices import KeyNotices
 from aigw.metering import UsageRecorder, prune_forever
@@ -78,7 +79,8 @@ def create_app(settings: Settings, config_path: str | None = None) -> Starlette:
         logging.getLogger("aigw").setLevel(settings.log_level.upper())
         engine = make_engine(settings.database_url)
         session = make_session()
-        tenants, usage = TenantRepo(engine), UsageRepo(engine)
+        events = EventService(settings, engine, metrics=metrics)
+        tenants, usage = TenantRepo(engine), UsageRepo(engine, outbox=events.outbox)
         recorder = UsageRecorder(
             usage,
             batch_size=settings.usage.batch_size,
@@ -129,6 +131,7 @@ def create_app(settings: Settings, config_path: str | None = None) -> Starlette:
             key_sync=sync,
             notices=notices,
             config_path=config_path,
+            events=events,
         )
         app.state.aigw = svc
         try:
@@ -146,6 +149,7 @@ def create_app(settings: Settings, config_path: str | None = None) -> Starlette:
         if notices is not None:
             notices.start()
         recorder.start()
+        await events.start()
         retention = (
             asyncio.get_running_loop().create_task(prune_forever(usage, settings.usage.retention_days))
             if settings.usage.retention_days
@@ -163,7 +167,8 @@ def create_app(settings: Settings, config_path: str | None = None) -> Starlette:
             await sync.stop()
             if notices is not None:
                 await notices.stop()
-            await recorder.stop()
+            await recorder.stop()  # first: its last records' events go into the outbox
+            await events.stop()
             await close_session(session)
             await engine.dispose()
             if redis is not None:

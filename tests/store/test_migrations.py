@@ -25,7 +25,7 @@ from aigw.store.migrate import (
 from aigw.store.tables import metadata
 from tests.support.databases import run_private
 
-APP_TABLES = {"tenants", "api_keys", "usage_records", "usage_daily"}
+APP_TABLES = {"tenants", "api_keys", "usage_records", "usage_daily", "usage_event_outbox", "usage_event_sinks"}
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from starlette.routing import Route
 
-from aigw.api import admin, chat, embeddings, health, metrics, models
+from aigw.api import admin, chat, embeddings, events, health, metrics, models
 
 
 def routes() -> list[Route]:
@@ -24,4 +24,5 @@ def routes() -> list[Route]:
         Route("/admin/tenants/{tenant_id}/usage", admin.tenant_usage, methods=["GET"]),
         Route("/admin/keys/{key_id}", admin.revoke_key, methods=["DELETE"]),
         Route("/admin/providers", admin.list_providers, methods=["GET"]),
+        Route("/admin/events", events.events_status, methods=["GET"]),
     ]

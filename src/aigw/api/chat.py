@@ -33,7 +33,8 @@ async def _chat_completions(request: Request) -> Response | ASGIApp:
     principal = client_principal(request, svc)
     raw = await read_json_object(request, svc.settings.max_body_bytes)
     req = typed(raw, ChatCompletionRequest)
-    ctx = CallContext(principal, request_id(request), req.model, started, stream=bool(req.stream))
+    # cache: "bypass" until the cache decides otherwise, so the ledger and the events say what the header says.
+    ctx = CallContext(principal, request_id(request), req.model, started, stream=bool(req.stream), cache="bypass")
     ctx.cache_control = request.headers.get("cache-control")
     if principal.rate_limit_tpm is not None:
         ctx.token_estimate = estimate_chat(req, svc.settings.rate_limits.estimate_output_tokens)

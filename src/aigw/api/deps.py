@@ -12,6 +12,7 @@ from starlette.requests import Request
 from aigw.api.middleware import REQUEST_ID_KEY
 from aigw.config import Settings
 from aigw.errors import Unauthorized
+from aigw.events import EventService
 from aigw.gateway import Gateway
 from aigw.keynotices import KeyNotices
 from aigw.metering import UsageRecorder
@@ -36,6 +37,7 @@ class Services:
     transitions: TransitionCounter
     notices: KeyNotices | None = None
     config_path: str | None = None  # what SIGHUP reloads (None: built from settings in code, nothing to reload)
+    events: EventService | None = None
 
 
 def services(request: Request) -> Services:

@@ -120,24 +120,42 @@ class PriceOverride(_Model):
     cache_write: Annotated[Decimal, Field(ge=0)] | None = None
 
 
-class SqsSink(_Model):
+class _SinkBase(_Model):
+    """Delivery settings shared by every usage-event sink (see docs/events.md)."""
+
+    # Keys the sink's rows in the outbox, so it must stay the same across restarts and replicas. None: derived from
+    # the destination (``sqs:QUEUE``, ``sns:TOPIC``, ``webhook:HOST``); set it when two sinks would share a name.
+    name: Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")] | None = None
+    # Undelivered events kept for this sink; past it the oldest are dropped, counted and logged.
+    max_backlog: Annotated[int, Field(ge=1)] = 100_000
+    timeout_s: Annotated[float, Field(gt=0, le=60)] = 10.0  # one delivery call
+    poll_interval_s: Annotated[float, Field(gt=0, le=10)] = 1.0  # how often an idle publisher looks for new events
+    min_backoff_s: Annotated[float, Field(gt=0)] = 0.5  # after a failed call; doubles per failure up to max_backoff_s
+    max_backoff_s: Annotated[float, Field(gt=0, le=30)] = 20.0  # ≤ 30 so a recovered sink is retried soon enough
+    parallel: Annotated[int, Field(ge=1, le=16)] = 4  # batches in flight at once per sink and process
+
+
+class SqsSink(_SinkBase):
     type: Literal["sqs"]
     queue_url: str
     region: str | None = None
     endpoint_url: str | None = None
+    batch_size: Annotated[int, Field(ge=1, le=10)] = 10  # SendMessageBatch takes at most 10
 
 
-class SnsSink(_Model):
+class SnsSink(_SinkBase):
     type: Literal["sns"]
     topic_arn: str
     region: str | None = None
     endpoint_url: str | None = None
+    batch_size: Annotated[int, Field(ge=1, le=10)] = 10  # PublishBatch takes at most 10
 
 
-class WebhookSink(_Model):
+class WebhookSink(_SinkBase):
     type: Literal["webhook"]
     url: str
     secret: SecretStr | None = None
+    batch_size: Annotated[int, Field(ge=1, le=1000)] = 100
 
 
 EventSink = Annotated[SqsSink | SnsSink | WebhookSink, Field(discriminator="type")]

@@ -14,6 +14,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    Text,
     false,
     text,
 )
@@ -117,4 +118,34 @@ usage_daily = Table(
     Column("saved_cost_usd", Money(18, 9), nullable=False, server_default=text("0")),
     # Serves the admin report and the CLI's all-tenant period totals: both filter on day.
     Index(None, "day"),
+)
+
+# Transactional outbox for usage events (aigw.events): one row per (usage record, configured sink), written in the
+# same transaction as the record itself (``UsageRepo.insert_many``), deleted once that sink has it. A row per sink
+# lets each sink progress, fail and be bounded on its own. ``available_at`` is both the lease of a publisher that
+# claimed the row (``claim`` names the claim) and the back-off after a failure; rows are picked in id order.
+usage_event_outbox = Table(
+    "usage_event_outbox",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("sink", String(100), nullable=False),
+    Column("event_id", String(36), nullable=False),  # the event's idempotency id (also the FIFO deduplication id)
+    Column("tenant_id", String(32), nullable=False),  # the FIFO message group
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("available_at", UTCDateTime, nullable=False),
+    Column("attempts", Integer, nullable=False, server_default=text("0")),
+    Column("claim", String(32), nullable=True),
+    Column("last_error", String(300), nullable=True),
+    Column("body", Text, nullable=False),  # the encoded event, sent as-is
+    # Claims scan one sink's rows in id order; backlog counts and trims read the same range.
+    Index(None, "sink", "id"),
+)
+
+# Per-sink totals that must survive restarts and be the same on every replica: events dropped by the backlog bound.
+usage_event_sinks = Table(
+    "usage_event_sinks",
+    metadata,
+    Column("sink", String(100), primary_key=True),
+    Column("dropped", BigInteger, nullable=False, server_default=text("0")),
+    Column("last_dropped_at", UTCDateTime, nullable=True),
 )

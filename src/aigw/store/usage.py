@@ -7,9 +7,9 @@ from dataclasses import dataclass, fields
 from datetime import UTC, date, datetime, time
 from decimal import Decimal
 from operator import attrgetter
-from typing import Any
+from typing import Any, Protocol
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import delete, func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from aigw.store.rollups import GroupBy, aggregate, fetch_totals, money, tenant_name_query, totals_query, upsert
@@ -92,12 +92,22 @@ class TenantUsage:
     cost_usd: Decimal
 
 
+class EventOutbox(Protocol):
+    """Usage events written with their records (``aigw.events.Outbox``): at-least-once delivery needs both in one
+    transaction."""
+
+    async def enqueue(self, conn: AsyncConnection, records: Sequence[UsageRecord]) -> None: ...
+
+    def notify(self) -> None: ...
+
+
 class UsageRepo:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, outbox: EventOutbox | None = None) -> None:
         self._engine = engine
+        self._outbox = outbox
 
     async def insert_many(self, records: Sequence[UsageRecord]) -> None:
-        """Write a batch and its daily rollups in one transaction: all of it or none of it."""
+        """Write a batch, its daily rollups and its usage events in one transaction: all of it or none of it."""
         if not records:
             return
         async with self._engine.begin() as conn:
@@ -109,6 +119,10 @@ class UsageRepo:
                 )
             # After the raw rows: they validate the batch (NOT NULL, aware datetimes) before it is aggregated.
             await upsert(conn, aggregate(records))
+            if self._outbox is not None:
+                await self._outbox.enqueue(conn, records)
+        if self._outbox is not None:
+            self._outbox.notify()  # committed: the publishers need not wait for their next poll
 
     async def tenant_usage(self, tenant_id: str, since: datetime | None = None) -> UsageSummary:
         """Totals for one tenant (from ``since`` on, if given), and the same per requested model.
@@ -200,4 +214,8 @@ async def _copy(conn: AsyncConnection, records: Sequence[UsageRecord]) -> None:
     driver = (await conn.get_raw_connection()).driver_connection  # the asyncpg.Connection under SQLAlchemy
     if driver is None:
         raise RuntimeError("database connection is closed")
+    if not driver.is_in_transaction():
+        # SQLAlchemy's asyncpg adapter sends BEGIN lazily, with its first statement: a COPY sent straight to the
+        # driver before any statement would commit on its own, outside the batch's transaction.
+        await conn.execute(text("SELECT 1"))
     await driver.copy_records_to_table(usage_records.name, records=rows, columns=_COLUMNS)

@@ -132,6 +132,25 @@ class Metrics:
         )
         self._dropped = Counter("aigw_usage_dropped", "Usage records dropped because the queue was full.", registry=reg)
         self._dropped_seen = 0
+        # Usage-event sinks (issue 9). Backlog and drops are database-wide numbers every worker reads alike: the
+        # newest reading is the truth (a sum over workers would multiply them).
+        self._event_backlog = Gauge(
+            "aigw_event_backlog",
+            "Usage events not yet delivered, per sink.",
+            ["sink"],
+            multiprocess_mode="livemostrecent",
+            registry=reg,
+        )
+        self._event_dropped = Gauge(
+            "aigw_events_dropped",
+            "Usage events dropped over the sink's max_backlog (all time).",
+            ["sink"],
+            multiprocess_mode="livemostrecent",
+            registry=reg,
+        )
+        self._event_delivered = Counter("aigw_events_delivered", "Usage events delivered.", ["sink"], registry=reg)
+        self._event_failed = Counter("aigw_event_failed_calls", "Failed sink calls.", ["sink"], registry=reg)
+        self._event_seen: dict[str, tuple[int, int]] = {}
         self._children: dict[tuple[Any, ...], Any] = {}
         self._request_children: dict[tuple[Any, ...], tuple[Any, Any, Any, Any]] = {}
         self._attempt_children: dict[tuple[Any, ...], tuple[Any, Any, Any, Any]] = {}
@@ -263,6 +282,19 @@ class Metrics:
             self._dropped.inc(delta)
         if self._otel is not None:
             self._otel.usage_queue(depth, delta)
+
+    def event_sink(
+        self, *, sink: str, backlog: int, delivered_total: int, failed_calls_total: int, dropped_total: int
+    ) -> None:
+        """One usage-event sink's numbers (the events monitor, every few seconds); totals become counters here."""
+        self._child(self._event_backlog, sink).set(backlog)
+        self._child(self._event_dropped, sink).set(dropped_total)
+        delivered_seen, failed_seen = self._event_seen.get(sink, (0, 0))
+        if delivered_total > delivered_seen:
+            self._child(self._event_delivered, sink).inc(delivered_total - delivered_seen)
+        if failed_calls_total > failed_seen:
+            self._child(self._event_failed, sink).inc(failed_calls_total - failed_seen)
+        self._event_seen[sink] = (max(delivered_total, delivered_seen), max(failed_calls_total, failed_seen))
 
     def render(self) -> tuple[bytes, str]:
         """Prometheus text exposition and its content type; all workers' values in multiprocess mode."""
