@@ -1,8 +1,13 @@
-"""`make bench`: the gateway's overhead over a direct call to a fast mock upstream.
+"""`make bench`: the gateway's overhead over a direct call to a fast mock upstream, next to a bare forwarder.
 
-Layout on a 2-core machine: the gateway pinned to core 0; the mock upstream and this load generator on core 1.
-Prints added latency p50/p99 at concurrency 1, requests/s and p99 at concurrency 64, streaming time-to-first-chunk
-overhead, gateway CPU time per request and RSS. Sizes scale with BENCH_SCALE (default 1.0).
+Layout on a 2-core machine: the gateway (and, in turn, the bare forwarder) pinned to core 0; the mock upstream, the
+load generator and the OTLP sink on core 1. Prints, for the direct path, the bare forwarder and the gateway: CPU per
+request and per 20-chunk stream, added latency at concurrency 1, requests/s at concurrency 64, streaming
+time-to-first-chunk overhead and RSS, with issue 8's targets and the peers' figures. See bench/README.md.
+
+Environment: BENCH_PROFILE (embedded | production), BENCH_TRACE (off | a sampling ratio such as 1 or 0.01),
+BENCH_SCALE (default 1.0), BENCH_LIMITS (0: no limits/budget), BENCH_REDIS (empty: in-process state), BENCH_PG,
+BENCH_CACHE (1: response cache on, every request a miss), BENCH_FORWARDER (0: skip the bare forwarder).
 """
 
 from __future__ import annotations
@@ -10,27 +15,90 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator, Mapping
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
+from bench import report
+from bench.backends import flush_redis, fresh_postgres
 from bench.load import Result, run
 
 ROOT = Path(__file__).resolve().parents[1]
-SCALE = float(os.environ.get("BENCH_SCALE", "1.0"))
+BIN = Path(sys.executable).parent
 ADMIN = "bench-admin-key-0123456789"
 CLK = os.sysconf("SC_CLK_TCK")
-# BENCH_LIMITS=0 benchmarks a tenant without rate limits/budget; BENCH_REDIS=redis://… shares state through Redis.
-LIMITS = os.environ.get("BENCH_LIMITS", "1") != "0"
-REDIS_URL = os.environ.get("BENCH_REDIS", "")
+PROFILES = ("embedded", "production")
+DEFAULT_PG = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+DEFAULT_REDIS = "redis://127.0.0.1:6379/14"
 
 
-def n(x: int) -> int:
-    return max(50, int(x * SCALE))
+@dataclass(frozen=True)
+class Options:
+    profile: str  # embedded: SQLite + in-process state; production: PostgreSQL + Redis + response cache + tracing
+    trace: str  # "off" or the sampling ratio given to OTEL_TRACES_SAMPLER_ARG
+    scale: float
+    limits: bool  # RPM/TPM limits and a monthly budget on the bench tenant (never reached)
+    redis_url: str  # "" = in-process state
+    pg_url: str  # "" = SQLite; else the server on which a fresh database is made
+    cache: bool  # response cache on, every request a miss (lookup + store)
+    forwarder: bool  # also measure the bare forwarder
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> Options:
+        profile = environ.get("BENCH_PROFILE", "embedded")
+        if profile not in PROFILES:
+            raise SystemExit(f"BENCH_PROFILE={profile!r}: use one of {', '.join(PROFILES)}")
+        prod = profile == "production"
+        trace = environ.get("BENCH_TRACE", "0.01" if prod else "off").strip().lower()
+        if trace != "off":
+            try:
+                ok = 0.0 < float(trace) <= 1.0
+            except ValueError:
+                ok = False
+            if not ok:
+                raise SystemExit(f"BENCH_TRACE={trace!r}: use off or a sampling ratio in (0, 1], e.g. 1 or 0.01")
+        return cls(
+            profile=profile,
+            trace=trace,
+            scale=float(environ.get("BENCH_SCALE", "1.0")),
+            limits=environ.get("BENCH_LIMITS", "1") != "0",
+            redis_url=environ.get("BENCH_REDIS", DEFAULT_REDIS if prod else ""),
+            pg_url=environ.get("BENCH_PG", DEFAULT_PG) if prod else "",
+            cache=environ.get("BENCH_CACHE", "1" if prod else "0") != "0",
+            forwarder=environ.get("BENCH_FORWARDER", "1") != "0",
+        )
+
+    def describe(self) -> str:
+        parts = [
+            "PostgreSQL ledger" if self.pg_url else "SQLite ledger",
+            f"Redis state ({self.redis_url})" if self.redis_url else "in-process state",
+            "RPM/TPM limits + budget" if self.limits else "no limits",
+            "response cache (every request a miss: lookup + store)" if self.cache else "no response cache",
+            "metrics",
+            "tracing off" if self.trace == "off" else f"tracing sampled at {float(self.trace):.0%} (OTLP/HTTP)",
+        ]
+        return ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class Target:
+    url: str
+    key: str
+    model: str
+    pid: int | None  # the process whose CPU is measured (None: the mock itself, the direct path)
+
+
+def n(opts: Options, x: int) -> int:
+    return max(50, int(x * opts.scale))
 
 
 def free_port() -> int:
@@ -40,7 +108,7 @@ def free_port() -> int:
 
 
 def pinned(cpu: int, argv: list[str]) -> list[str]:
-    return ["taskset", "-c", str(cpu), *argv] if os.cpu_count() and os.cpu_count() > 1 else argv  # type: ignore[operator]
+    return ["taskset", "-c", str(cpu), *argv] if (os.cpu_count() or 1) > 1 else argv
 
 
 def wait_http(url: str, timeout: float = 30.0) -> None:
@@ -56,7 +124,7 @@ def wait_http(url: str, timeout: float = 30.0) -> None:
 
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK  # utime + stime
+    return (int(fields[11]) + int(fields[12])) / CLK  # utime + stime, all threads
 
 
 def rss_mb(pid: int) -> float:
@@ -66,9 +134,9 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def admin(url: str, method: str, path: str, body: object | None = None) -> dict[str, object]:
+def http_json(url: str, method: str = "GET", body: object | None = None) -> dict[str, object]:
     req = urllib.request.Request(
-        url + path,
+        url,
         data=json.dumps(body).encode() if body is not None else None,
         method=method,
         headers={"authorization": f"Bearer {ADMIN}", "content-type": "application/json"},
@@ -78,122 +146,243 @@ def admin(url: str, method: str, path: str, body: object | None = None) -> dict[
         return out
 
 
-def ms(x: float) -> str:
-    return f"{x * 1000:.2f}"
+def cache_lookups(gw: str) -> dict[str, float]:
+    """aigw_cache_lookups_total by result, from the gateway's /metrics."""
+    with urllib.request.urlopen(gw + "/metrics", timeout=10) as r:
+        text = r.read().decode()
+    found = re.findall(r'^aigw_cache_lookups_total\{result="(\w+)"\} ([0-9.e+]+)$', text, re.M)
+    return {f"cache_{k}": float(v) for k, v in found}
 
 
-async def measure(gw: str, mock: str, key: str, gw_pid: int) -> dict[str, float]:
-    direct_url, gw_url = f"{mock}/v1/chat/completions", f"{gw}/v1/chat/completions"
-    warm: list[Result] = []
-    for url, model in ((direct_url, "bench-model"), (gw_url, "bench")):  # warm-up: connection pools, caches
-        warm.append(await run(url, "sk-bench" if url == direct_url else key, model, n=n(300), concurrency=8))
-        warm.append(
-            await run(url, "sk-bench" if url == direct_url else key, model, n=n(100), concurrency=2, stream=True)
+def child_env(extra: Mapping[str, str] = {}) -> dict[str, str]:
+    """The bench's environment without any OTEL_* (tracing is on only when asked for), plus ``extra``."""
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}, **extra}
+
+
+def otel_env(opts: Options, sink: str) -> dict[str, str]:
+    if opts.trace == "off":
+        return {}
+    return {
+        "OTEL_TRACES_EXPORTER": "otlp",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": sink,
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+        "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+        "OTEL_TRACES_SAMPLER_ARG": opts.trace,
+        "OTEL_METRICS_EXPORTER": "none",
+    }
+
+
+async def _one(opts: Options, path: Target, *, n_: int, concurrency: int, stream: bool = False) -> Result:
+    return await run(
+        path.url, path.key, path.model, n=n(opts, n_), concurrency=concurrency, stream=stream, unique=opts.cache
+    )
+
+
+async def _with_cpu(
+    opts: Options, path: Target, *, n_: int, concurrency: int, stream: bool = False
+) -> tuple[Result, float]:
+    cpu0 = cpu_seconds(path.pid) if path.pid else 0.0
+    res = await _one(opts, path, n_=n_, concurrency=concurrency, stream=stream)
+    cpu = (cpu_seconds(path.pid) - cpu0) if path.pid else float("nan")
+    return res, cpu / max(1, len(res.latencies)) * 1e6
+
+
+async def measure(opts: Options, paths: dict[str, Target]) -> tuple[dict[str, dict[str, float]], int]:
+    """Each phase runs the paths in turn (direct, forwarder, gateway). Returns the figures by path and how many
+    requests the gateway received."""
+    runs: dict[str, list[Result]] = {name: [] for name in paths}
+    for name, path in paths.items():  # warm-up: connection pools, caches, the interpreter's own
+        runs[name].append(await _one(opts, path, n_=300, concurrency=8))
+        runs[name].append(await _one(opts, path, n_=100, concurrency=2, stream=True))
+    figs: dict[str, dict[str, float]] = {name: {} for name in paths}
+    for name, path in paths.items():
+        r = await _one(opts, path, n_=5000, concurrency=1)
+        runs[name].append(r)
+        figs[name] |= {"c1_p50_ms": r.pct(50) * 1000, "c1_p99_ms": r.pct(99) * 1000}
+    for name, path in paths.items():
+        r, cpu_us = await _with_cpu(opts, path, n_=20000, concurrency=64)
+        runs[name].append(r)
+        figs[name] |= {"c64_rps": r.rps, "c64_p99_ms": r.pct(99) * 1000}
+        if path.pid:
+            figs[name] |= {"cpu_us_per_req": cpu_us, "rps_per_core": 1e6 / cpu_us}
+    for name, path in paths.items():
+        r = await _one(opts, path, n_=2000, concurrency=1, stream=True)
+        runs[name].append(r)
+        figs[name]["ttfc_p50_ms"] = r.pct(50) * 1000
+    for name, path in paths.items():
+        if path.pid:  # the direct path has no process of its own to measure
+            r, cpu_us = await _with_cpu(opts, path, n_=4000, concurrency=32, stream=True)
+            runs[name].append(r)
+            figs[name] |= {"cpu_us_per_stream": cpu_us, "streams_per_s": r.rps}
+    direct = figs["direct"]
+    for name, path in paths.items():
+        f = figs[name]
+        f["errors"] = float(sum(r.errors for r in runs[name]))
+        if path.pid:
+            f["rss_mb"] = rss_mb(path.pid)
+            f["c1_added_p50_ms"] = f["c1_p50_ms"] - direct["c1_p50_ms"]
+            f["c1_added_p99_ms"] = f["c1_p99_ms"] - direct["c1_p99_ms"]
+            f["ttfc_added_p50_ms"] = f["ttfc_p50_ms"] - direct["ttfc_p50_ms"]
+    return figs, sum(r.count for r in runs["gateway"])
+
+
+def gateway_config(opts: Options, tmp: str, mock: str, database_url: str) -> Path:
+    cfg = Path(tmp) / "bench.yaml"
+    cfg.write_text(
+        f"admin_key: {ADMIN}\n"
+        f"database_url: {database_url}\n"
+        "log_level: warning\n"
+        + (f"redis_url: {opts.redis_url}\n" if opts.redis_url else "")
+        + ("cache: {enabled: true}\n" if opts.cache else "")
+        + "providers:\n"
+        f"  - {{name: mock, type: openai, base_url: '{mock}/v1', api_key: sk-bench}}\n"
+        "models:\n"
+        "  - {name: bench, targets: [{provider: mock, model: bench-model}]}\n"
+    )
+    return cfg
+
+
+@contextmanager
+def started(argv: list[str], env: dict[str, str], log: Path | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    with ExitStack() as stack:
+        stderr = stack.enter_context(log.open("wb")) if log is not None else None
+        proc = subprocess.Popen(argv, cwd=ROOT, env=env, stderr=stderr)
+        try:
+            yield proc
+        except BaseException:
+            if log is not None:  # the run failed: show what the process said
+                sys.stderr.write("".join(log.read_text(errors="replace").splitlines(keepends=True)[-40:]))
+            raise
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def log_problems(log: Path) -> dict[str, int]:
+    """The gateway's warning and error lines, by message (a Redis fallback means part of the path was skipped)."""
+    found: dict[str, int] = {}
+    for line in log.read_text(errors="replace").splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            rec = {"level": "error" if "Traceback" in line or "Error" in line else "", "msg": line}
+        if isinstance(rec, dict) and rec.get("level") in ("warning", "error", "critical"):
+            msg = str(rec.get("msg", ""))
+            found[msg] = found.get(msg, 0) + 1
+    return found
+
+
+@dataclass(frozen=True)
+class Outcome:
+    paths: dict[str, dict[str, float]]  # figures by path: direct, forwarder, gateway
+    checks: dict[str, float]  # usage records, requests sent, cache lookups, spans received
+    problems: dict[str, int]  # the gateway's warning/error log messages, with counts
+
+
+def bench(opts: Options) -> Outcome:
+    """One full run; returns every figure (also written to bench/results/)."""
+    os.sched_setaffinity(0, {1} if (os.cpu_count() or 1) > 1 else {0})
+    mock_port, gw_port, fwd_port, sink_port = free_port(), free_port(), free_port(), free_port()
+    mock, gw = f"http://127.0.0.1:{mock_port}", f"http://127.0.0.1:{gw_port}"
+    fwd, sink = f"http://127.0.0.1:{fwd_port}", f"http://127.0.0.1:{sink_port}"
+    env = child_env()
+    py = sys.executable
+    extra: dict[str, float] = {}
+    with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="aigw-bench-") as tmp:
+        if opts.redis_url:
+            flush_redis(opts.redis_url)
+        db_url = stack.enter_context(fresh_postgres(opts.pg_url)) if opts.pg_url else f"sqlite+aiosqlite:///{tmp}/b.db"
+        cfg = gateway_config(opts, tmp, mock, db_url)
+        if opts.pg_url:
+            subprocess.run([str(BIN / "aigw"), "migrate", "--config", str(cfg)], cwd=ROOT, env=env, check=True)
+        stack.enter_context(started(pinned(1, [py, "-m", "bench.mock_upstream", str(mock_port)]), env))
+        sink_proc = None
+        if opts.trace != "off":
+            sink_proc = stack.enter_context(started(pinned(1, [py, "-m", "bench.otlp_sink", str(sink_port)]), env))
+            wait_http(sink + "/healthz")
+        paths = {"direct": Target(mock + "/v1/chat/completions", "sk-bench", "bench-model", None)}
+        if opts.forwarder:
+            fwd_proc = stack.enter_context(started(pinned(0, [py, "-m", "bench.forwarder", str(fwd_port), mock]), env))
+            wait_http(fwd + "/healthz")
+            paths["forwarder"] = Target(fwd + "/v1/chat/completions", "sk-bench", "bench-model", fwd_proc.pid)
+        serve = [str(BIN / "aigw"), "serve", "--config", str(cfg), "--port", str(gw_port)]
+        gw_log = Path(tmp) / "gateway.log"
+        with started(pinned(0, serve), child_env(otel_env(opts, sink)), gw_log) as gw_proc:
+            wait_http(gw + "/healthz")
+            time.sleep(0.2)
+            # Within a PostgreSQL INTEGER: the admin API does not bound them yet.
+            limits = {"rate_limit_rpm": 10**9, "rate_limit_tpm": 2 * 10**9, "monthly_budget_usd": 10**6}
+            tenant = http_json(gw + "/admin/tenants", "POST", {"name": "bench", **(limits if opts.limits else {})})
+            paths["gateway"] = Target(gw + "/v1/chat/completions", str(tenant["api_key"]), "bench", gw_proc.pid)
+            figs, sent = asyncio.run(measure(opts, paths))
+            time.sleep(1.5)  # the usage ledger flushes every 0.5 s
+            usage = http_json(f"{gw}/admin/tenants/{tenant['id']}/usage")
+            extra |= cache_lookups(gw) if opts.cache else {}
+        problems = log_problems(gw_log)
+        # After the gateway stopped: its span processor has flushed what it buffered.
+        if sink_proc is not None:
+            spans = http_json(sink + "/stats")
+            extra |= {f"otlp_{k}": float(v) for k, v in spans.items() if isinstance(v, int | float)}
+    extra |= {"gateway_requests": float(sent), "usage_records": float(usage["requests"])}  # type: ignore[arg-type]
+    result = Outcome(figs, extra, problems)
+    out = ROOT / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    when = datetime.now(UTC).isoformat(timespec="seconds")
+    text = json.dumps({"when": when, "options": asdict(opts), **asdict(result)}, indent=2)
+    (out / "latest.json").write_text(text)
+    (out / f"{opts.profile}-trace-{opts.trace}.json").write_text(text)
+    return result
+
+
+def print_report(opts: Options, result: Outcome) -> None:
+    figs = result.paths
+    print(f"\naigw benchmark, profile {opts.profile}: {opts.describe()}")
+    print(
+        "gateway and bare forwarder on core 0, mock upstream + load generator"
+        f"{' + OTLP sink' if opts.trace != 'off' else ''} on core 1; one worker; BENCH_SCALE={opts.scale:g}"
+    )
+    print(report.table(figs, opts.profile))
+    print(report.peers(figs["gateway"]["cpu_us_per_req"], figs.get("forwarder", {}).get("cpu_us_per_req")))
+    print_checks(opts, result)
+
+
+def print_checks(opts: Options, result: Outcome) -> None:
+    """Usage records vs requests, cache lookups, spans exported, and anything the gateway logged."""
+    checks = result.checks
+    sent, recorded = checks["gateway_requests"], checks["usage_records"]
+    print(f"  usage records written: {recorded:.0f} of {sent:.0f} gateway requests (warm-up included)")
+    if opts.cache:
+        hit, miss = checks.get("cache_hit", 0.0), checks.get("cache_miss", 0.0)
+        print(f"  response cache lookups: {miss:.0f} misses, {hit:.0f} hits")
+    if opts.trace != "off":
+        print(
+            f"  spans exported: {checks.get('otlp_spans', 0):.0f} in {checks.get('otlp_traces', 0):.0f} traces "
+            f"({checks.get('otlp_traces', 0) / max(1.0, sent):.2%} of requests sampled; "
+            f"{checks.get('otlp_trace_exports', 0):.0f} OTLP exports)"
         )
 
-    d1 = await run(direct_url, "sk-bench", "bench-model", n=n(2000), concurrency=1)
-    g1 = await run(gw_url, key, "bench", n=n(2000), concurrency=1)
-    d64 = await run(direct_url, "sk-bench", "bench-model", n=n(10000), concurrency=64)
-    cpu0 = cpu_seconds(gw_pid)
-    g64 = await run(gw_url, key, "bench", n=n(10000), concurrency=64)
-    cpu_per_req = (cpu_seconds(gw_pid) - cpu0) / max(1, len(g64.latencies))
-    ds = await run(direct_url, "sk-bench", "bench-model", n=n(1000), concurrency=1, stream=True)
-    gs = await run(gw_url, key, "bench", n=n(1000), concurrency=1, stream=True)
-    errors = sum(r.errors for r in (d1, g1, d64, g64, ds, gs))
-    res: dict[str, float] = {
-        "c1_direct_p50_ms": d1.pct(50) * 1000,
-        "c1_gateway_p50_ms": g1.pct(50) * 1000,
-        "c1_added_p50_ms": (g1.pct(50) - d1.pct(50)) * 1000,
-        "c1_added_p99_ms": (g1.pct(99) - d1.pct(99)) * 1000,
-        "c64_direct_rps": d64.rps,
-        "c64_gateway_rps": g64.rps,
-        "c64_direct_p99_ms": d64.pct(99) * 1000,
-        "c64_gateway_p99_ms": g64.pct(99) * 1000,
-        "stream_ttfb_direct_p50_ms": ds.pct(50) * 1000,
-        "stream_ttfb_gateway_p50_ms": gs.pct(50) * 1000,
-        "stream_ttfb_added_p50_ms": (gs.pct(50) - ds.pct(50)) * 1000,
-        "gateway_cpu_us_per_req": cpu_per_req * 1e6,
-        "gateway_rss_mb": rss_mb(gw_pid),
-        "errors": float(errors),
-        "gateway_requests": float(sum(len(r.latencies) + r.errors for r in (*warm[2:], g1, g64, gs))),
-    }
-    return res
+    problems = result.problems
+    if problems:
+        print("  the gateway logged warnings (Redis fallbacks mean part of the path was skipped for a while):")
+        for msg, count in sorted(problems.items(), key=lambda kv: -kv[1])[:8]:
+            print(f"    {count:>5} x {msg[:150]}")
 
 
-def table(r: dict[str, float]) -> str:
-    rows = [
-        (
-            "added latency p50, c=1",
-            f"{r['c1_added_p50_ms']:.3f} ms",
-            f"direct {r['c1_direct_p50_ms']:.3f} / gw {r['c1_gateway_p50_ms']:.3f} ms",
-        ),
-        ("added latency p99, c=1", f"{r['c1_added_p99_ms']:.3f} ms", ""),
-        ("requests/s, c=64", f"{r['c64_gateway_rps']:.0f}", f"direct {r['c64_direct_rps']:.0f}"),
-        ("p99 latency, c=64", f"{r['c64_gateway_p99_ms']:.2f} ms", f"direct {r['c64_direct_p99_ms']:.2f} ms"),
-        (
-            "stream first-chunk overhead p50",
-            f"{r['stream_ttfb_added_p50_ms']:.3f} ms",
-            f"direct {r['stream_ttfb_direct_p50_ms']:.3f} / gw {r['stream_ttfb_gateway_p50_ms']:.3f} ms",
-        ),
-        ("gateway CPU per request (c=64)", f"{r['gateway_cpu_us_per_req']:.0f} µs", ""),
-        ("gateway RSS after the run", f"{r['gateway_rss_mb']:.1f} MB", ""),
-        ("failed requests", f"{r['errors']:.0f}", ""),
-    ]
-    w = max(len(a) for a, _, _ in rows)
-    return "\n".join(f"  {a:<{w}}  {b:>12}  {c}" for a, b, c in rows)
+def ok(result: Outcome) -> bool:
+    """No failed request, and one usage record per gateway request."""
+    checks = result.checks
+    return not any(f["errors"] for f in result.paths.values()) and checks["usage_records"] == checks["gateway_requests"]
 
 
 def main() -> int:
-    os.sched_setaffinity(0, {1} if (os.cpu_count() or 1) > 1 else {0})
-    mock_port, gw_port = free_port(), free_port()
-    mock, gw = f"http://127.0.0.1:{mock_port}", f"http://127.0.0.1:{gw_port}"
-    with tempfile.TemporaryDirectory(prefix="aigw-bench-") as tmp:
-        cfg = Path(tmp) / "bench.yaml"
-        cfg.write_text(
-            f"admin_key: {ADMIN}\n"
-            f"database_url: sqlite+aiosqlite:///{tmp}/bench.db\n"
-            "log_level: warning\n" + (f"redis_url: {REDIS_URL}\n" if REDIS_URL else "") + "providers:\n"
-            f"  - {{name: mock, type: openai, base_url: '{mock}/v1', api_key: sk-bench}}\n"
-            "models:\n"
-            "  - {name: bench, targets: [{provider: mock, model: bench-model}]}\n"
-        )
-        procs = [
-            subprocess.Popen(pinned(1, [sys.executable, "-m", "bench.mock_upstream", str(mock_port)]), cwd=ROOT),
-            subprocess.Popen(
-                pinned(
-                    0,
-                    [str(Path(sys.executable).parent / "aigw"), "serve", "--config", str(cfg), "--port", str(gw_port)],
-                ),
-                cwd=ROOT,
-            ),
-        ]
-        try:
-            wait_http(gw + "/healthz")
-            time.sleep(0.2)
-            # Limits and a budget far above what the run uses: their checks are on the path, never refusing.
-            limits = {"rate_limit_rpm": 10**9, "rate_limit_tpm": 10**12, "monthly_budget_usd": 10**6} if LIMITS else {}
-            tenant = admin(gw, "POST", "/admin/tenants", {"name": "bench", **limits})
-            key = str(tenant["api_key"])
-            results = asyncio.run(measure(gw, mock, key, procs[1].pid))
-            time.sleep(1.5)  # the usage ledger flushes every 0.5 s
-            usage = admin(gw, "GET", f"/admin/tenants/{tenant['id']}/usage")
-        finally:
-            for p in procs:
-                p.terminate()
-            for p in procs:
-                p.wait(15)
-    state = f"Redis {REDIS_URL}" if REDIS_URL else "in-process state"
-    print(
-        "\naigw benchmark (gateway on core 0; mock upstream + load generator on core 1; 1 worker, SQLite, usage on, "
-        f"{'RPM/TPM limits + budget' if LIMITS else 'no limits'}, {state})"
-    )
-    print(table(results))
-    recorded = int(usage["requests"])  # type: ignore[call-overload]
-    print(f"  usage records written: {recorded} of {results['gateway_requests']:.0f} gateway requests (incl. warm-up)")
-    out = ROOT / "bench" / "results"
-    out.mkdir(exist_ok=True)
-    (out / "latest.json").write_text(json.dumps({**results, "usage_records": recorded}, indent=2))
-    return 1 if results["errors"] else 0
+    opts = Options.from_env()
+    result = bench(opts)
+    print_report(opts, result)
+    return 0 if ok(result) else 1
 
 
 if __name__ == "__main__":
