@@ -7,7 +7,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8080
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-dev run dev test test-fast lint fmt typecheck migrate bench soak clean
+.PHONY: help install install-dev run dev test test-fast lint fmt typecheck migrate bench bench-trace soak clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -53,8 +53,11 @@ typecheck: install-dev ## mypy --strict
 migrate: install ## apply database migrations to the config's database_url
 	$(BIN)/aigw migrate --config $(CONFIG)
 
-bench: install-dev ## benchmark: gateway overhead vs a direct call to a fast mock upstream
+bench: install-dev ## benchmark: gateway vs a bare forwarder vs direct (BENCH_PROFILE=embedded|production, BENCH_TRACE, BENCH_SCALE)
 	$(BIN)/python -m bench.run
+
+bench-trace: install-dev ## benchmark: tracing off vs sampled 100% and 1% (BENCH_SCALE defaults to 0.3)
+	$(BIN)/python -m bench.trace
 
 soak: install-dev ## the issue-8 soak: 10 minutes of mixed traffic against aigw serve, RSS sampled (SOAK_S=600)
 	AIGW_SOAK_S=$${SOAK_S:-600} $(BIN)/python -m pytest -q -s tests/soak
