@@ -115,6 +115,7 @@ BAD_TENANTS: list[tuple[str, Any]] = [
     ("name-not-string", {"name": 7}),
     ("negative-rpm", {"name": "x", "rate_limit_rpm": -5}),
     ("zero-tpm", {"name": "x", "rate_limit_tpm": 0}),
+    ("tpm-over-int32", {"name": "x", "rate_limit_tpm": 2**31}),  # would fail in PostgreSQL's INTEGER column
     ("rpm-string", {"name": "x", "rate_limit_rpm": "many"}),
     ("negative-budget", {"name": "x", "monthly_budget_usd": -1}),
     ("unknown-field", {"name": "x", "color": "blue"}),

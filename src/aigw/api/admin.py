@@ -28,7 +28,7 @@ from aigw.tenancy import display_prefix, hash_key, new_key
 
 log = logging.getLogger("aigw.admin")
 
-Limit = Annotated[int, Meta(ge=1)]
+Limit = Annotated[int, Meta(ge=1, le=2**31 - 1)]  # the columns are 32-bit integers on PostgreSQL
 Money = Annotated[float, Meta(ge=0)]
 MIN_IMPORTED_KEY = 32
 

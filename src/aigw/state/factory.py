@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -23,6 +23,7 @@ from aigw.telemetry.metrics import Metrics
 
 # Short socket timeouts: a slow or dead Redis must degrade the gateway to local state, not stall requests.
 REDIS_SOCKET_TIMEOUT_S = 0.25
+REDIS_MAX_CONNECTIONS = 256  # per process; a request makes a few short calls, so this covers thousands in flight
 
 
 class TransitionCounter:
@@ -44,12 +45,17 @@ class TransitionCounter:
 def make_redis(url: str, timeout_s: float = REDIS_SOCKET_TIMEOUT_S) -> Redis:
     # No client-side retries: redis-py's default retries with back-off would turn a Redis outage into seconds of
     # latency per request; every caller has its own fallback to local state instead.
-    client: Redis = Redis.from_url(
+    # A blocking pool: under load, a call waits (at most timeout_s) for a free connection instead of failing with
+    # MaxConnectionsError, which would send it to the local fallback although Redis is fine.
+    pool = BlockingConnectionPool.from_url(
         url,
+        max_connections=REDIS_MAX_CONNECTIONS,
+        timeout=timeout_s,
         socket_timeout=timeout_s,
         socket_connect_timeout=timeout_s,
         retry=Retry(NoBackoff(), 0),
     )
+    client: Redis = Redis(connection_pool=pool)
     return client
 
 
