@@ -98,6 +98,7 @@ async def test_a_permit_granted_after_failures_is_not_clean_and_resets_the_run_a
     a, b = r.store(), r.store()
     await succeed(a)  # A has sent recently: a clean success now would be batched
     await fail(b, 2)
+    r.mono.now += 0.3  # past A's remembered "closed and clean" (closed_cache_s)
     permit = await a.acquire(K)
     assert permit is not None and not permit.clean
     await a.release(permit, Outcome.SUCCESS)
@@ -118,3 +119,23 @@ async def test_failure_rate_counts_batched_successes(r: Replicas) -> None:
     assert health.state is CircuitState.CLOSED and health.window_requests == 8
     await fail(a, 2)  # 5 of 10: opens
     assert (await a.snapshot([K]))[0].state is CircuitState.OPEN
+
+
+async def test_a_clean_closed_state_is_remembered_briefly_and_forgotten_on_failure(r: Replicas) -> None:
+    a, b = r.store(), r.store()
+    await succeed(a)  # A asked Redis: closed and clean, remembered for closed_cache_s
+    await fail(b, 3)  # B opens the circuit
+    assert (await b.snapshot([K]))[0].state is CircuitState.OPEN
+    permit = await a.acquire(K)  # within the window A still calls the target (documented staleness)
+    assert permit is not None and permit.clean
+    await a.release(permit, Outcome.FAILURE, "boom")  # a failure forgets the remembered state at once
+    assert await a.acquire(K) is None, "A now asks Redis and sees the open circuit"
+    assert await r.store().acquire(K) is None  # a replica without a remembered state sees it open at once
+
+
+async def test_the_remembered_state_expires(r: Replicas) -> None:
+    a, b = r.store(), r.store()
+    await succeed(a)
+    await fail(b, 3)
+    r.mono.now += 0.3
+    assert await a.acquire(K) is None

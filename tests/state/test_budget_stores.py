@@ -80,3 +80,21 @@ async def test_redis_down_falls_back_without_raising() -> None:
 def test_month_boundaries_are_utc() -> None:
     now = datetime(2026, 11, 30, 23, 59, tzinfo=UTC)
     assert month_of(now) == "2026-11" and month_start(now) == datetime(2026, 11, 1, tzinfo=UTC)
+
+
+@pytest.mark.redis
+async def test_redis_reads_are_reused_briefly_and_own_spend_shows_at_once(redis_url: str) -> None:
+    clock = [100.0]
+    client = Redis.from_url(redis_url)
+    try:
+        a = RedisBudgetStore(client, fallback=MemoryBudgetStore(), prefix="aigw:test:rc:", monotonic=lambda: clock[0])
+        b = RedisBudgetStore(client, fallback=MemoryBudgetStore(), prefix="aigw:test:rc:")  # another replica
+        assert await a.spent("t", "2026-11") == 0
+        await b.add("t", "2026-11", Decimal(5))
+        assert await a.spent("t", "2026-11") == 0, "within read_cache_s: the remembered total"
+        await a.add("t", "2026-11", Decimal(1))
+        assert await a.spent("t", "2026-11") == 1, "this replica's own spend counts at once"
+        clock[0] += 0.3
+        assert await a.spent("t", "2026-11") == 6, "then Redis is read again"
+    finally:
+        await client.aclose()

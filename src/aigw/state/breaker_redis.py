@@ -11,6 +11,11 @@ next release call for that target, at the latest ``success_flush_s`` later. That
 request. The cost: window counts lag by up to ``success_flush_s``, and a batched success resets the consecutive-
 failure count only when it is sent (it is then taken as newer than the failures counted so far).
 
+A clean "closed" answer is also remembered for ``closed_cache_s`` (0.25 s by default): acquires meanwhile are
+granted here without a round trip. A circuit opened by another replica is therefore seen up to that much later; a
+failure on this replica forgets the remembered state at once, and open or half-open circuits are never remembered
+(the half-open trial stays exclusive across replicas).
+
 Redis trouble never reaches the caller. A failed or slow call (``op_timeout_s`` bounds it, whatever the client's own
 retry policy) is answered by the ``fallback`` memory store, and for ``retry_interval_s`` afterwards calls go straight
 to the fallback instead of paying a timeout each; then Redis is tried again, so recovery is automatic. Permits from
@@ -76,6 +81,7 @@ class RedisBreakerStore(GuardedStore):
         retry_interval_s: float = 1.0,
         warn_interval_s: float = 30.0,
         success_flush_s: float = 1.0,
+        closed_cache_s: float = 0.25,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         """``clock`` is for tests only: it replaces Redis TIME in the scripts (leave it None in production, where
@@ -108,13 +114,20 @@ class RedisBreakerStore(GuardedStore):
         self._monotonic = monotonic
         self._batched: dict[str, int] = {}  # successes not yet sent, per target
         self._sent_at: dict[str, float] = {}  # when each target's batch was last sent (monotonic)
+        self._closed_cache_s = closed_cache_s
+        self._clean_until: dict[str, tuple[float, int]] = {}  # target -> (remembered until, epoch) while clean
 
     async def acquire(self, key: str) -> Permit | None:
+        remembered = self._clean_until.get(key)
+        if remembered is not None and self._monotonic() < remembered[0] and not self.degraded:
+            return Permit(key, False, remembered[1], clean=True)
         reply = await self._guard.call(lambda: self._eval(self._acquire_script, key, self._now(), *self._acquire_tail))
         if reply is not REDIS_DOWN:
             allowed, epoch, trial, moved, clean = reply
             if moved and self._on_transition is not None:
                 self._on_transition(key, CircuitState.OPEN, CircuitState.HALF_OPEN)
+            if allowed and clean and not trial and self._closed_cache_s > 0:
+                self._clean_until[key] = (self._monotonic() + self._closed_cache_s, int(epoch))
             return Permit(key, bool(trial), int(epoch), clean=bool(clean)) if allowed else None
         self.degraded_calls += 1
         return await self._fallback.acquire(key)
@@ -127,6 +140,8 @@ class RedisBreakerStore(GuardedStore):
             self.degraded_calls += 1  # a Redis permit, Redis unreachable: the verdict is dropped (see module doc)
             return
         key = permit.key
+        if outcome is not Outcome.SUCCESS:
+            self._clean_until.pop(key, None)  # no longer clean: ask Redis again
         if outcome is Outcome.NEUTRAL and not permit.trial:
             return  # no verdict and no slot to free: nothing to tell Redis
         if outcome is Outcome.SUCCESS and permit.clean and not permit.trial:
@@ -142,9 +157,11 @@ class RedisBreakerStore(GuardedStore):
         if moved is REDIS_DOWN:
             self.degraded_calls += 1
             return
-        if moved and self._on_transition is not None:
-            before, after = (_STATES[_text(s) or ""] for s in moved)
-            self._on_transition(permit.key, before, after)
+        if moved:
+            self._clean_until.pop(key, None)
+            if self._on_transition is not None:
+                before, after = (_STATES[_text(s) or ""] for s in moved)
+                self._on_transition(permit.key, before, after)
 
     async def snapshot(self, keys: Iterable[str]) -> list[TargetHealth]:
         keys = list(keys)

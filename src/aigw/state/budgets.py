@@ -8,7 +8,8 @@ nano-dollars (INCRBY is exact, unlike INCRBYFLOAT). Both are seeded at startup f
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Protocol
@@ -56,10 +57,25 @@ class MemoryBudgetStore:
 
 
 class RedisBudgetStore:
-    def __init__(self, redis: Redis, *, fallback: MemoryBudgetStore, prefix: str = "aigw:budget:") -> None:
+    """A tenant's month total read from Redis is reused for ``read_cache_s`` (0.25 s): a budget check per request
+    without a round trip per request. Other replicas' spend is seen that much later (this replica's own spend at
+    once), so a budget can be overshot by at most that long of spending, on top of the one request in flight."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        fallback: MemoryBudgetStore,
+        prefix: str = "aigw:budget:",
+        read_cache_s: float = 0.25,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._redis = redis
         self._fallback = fallback
         self._prefix = prefix
+        self._read_cache_s = read_cache_s
+        self._monotonic = monotonic
+        self._read: dict[tuple[str, str], tuple[float, Decimal]] = {}  # (tenant, month) -> (read until, spent)
         # No time limit and no back-off: every call tries Redis, and a failure falls back for that call only.
         self._guard = RedisGuard(_warn, op_timeout_s=None, retry_interval_s=0.0)
 
@@ -71,13 +87,24 @@ class RedisBudgetStore:
         return f"{self._prefix}{{{tenant}}}:{month}"
 
     async def spent(self, tenant: str, month: str) -> Decimal:
+        now = self._monotonic()
+        cached = self._read.get((tenant, month))
+        if cached is not None and now < cached[0]:
+            return cached[1]
         raw = await self._guard.call(lambda: self._redis.get(self._key(tenant, month)))
         if raw is REDIS_DOWN:
             return await self._fallback.spent(tenant, month)
-        return Decimal(int(raw)) / NANO if raw is not None else Decimal(0)
+        value = Decimal(int(raw)) / NANO if raw is not None else Decimal(0)
+        if len(self._read) > 100_000:
+            self._read.clear()
+        self._read[(tenant, month)] = (now + self._read_cache_s, value)
+        return value
 
     async def add(self, tenant: str, month: str, amount: Decimal) -> None:
         await self._fallback.add(tenant, month, amount)  # kept locally too, for the fallback's sake
+        cached = self._read.get((tenant, month))
+        if cached is not None:  # our own spend shows at once
+            self._read[(tenant, month)] = (cached[0], cached[1] + amount)
         key = self._key(tenant, month)
         pipe = self._redis.pipeline(transaction=True)
         pipe.incrby(key, int(amount * NANO))
