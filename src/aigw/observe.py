@@ -131,7 +131,9 @@ class Observer:
         temperature: float | None = None,
     ) -> Attempt:
         span = None
-        if self.tracing is not None:
+        # Parent-based sampling: an attempt of an unsampled request would be unsampled too, so it is not made at all
+        # (the upstream still gets the request's trace context, from the server span).
+        if self.tracing is not None and trace.get_current_span().is_recording():
             span = self.tracing.start_client_span(
                 operation=operation,
                 provider_kind=upstream.kind,

@@ -98,3 +98,19 @@ async def test_redis_reads_are_reused_briefly_and_own_spend_shows_at_once(redis_
         assert await a.spent("t", "2026-11") == 6, "then Redis is read again"
     finally:
         await client.aclose()
+
+
+@pytest.mark.redis
+async def test_a_counter_created_by_spend_expires_and_a_seeded_one_keeps_its_expiry(redis_url: str) -> None:
+    client = Redis.from_url(redis_url)
+    try:
+        s = RedisBudgetStore(client, fallback=MemoryBudgetStore(), prefix="aigw:test:ttl:")
+        await s.add("new", "2026-11", Decimal(1))
+        await s.add("new", "2026-11", Decimal(1))
+        assert 0 < await client.ttl("aigw:test:ttl:{new}:2026-11") <= 40 * 24 * 3600
+        await s.seed("2026-11", {"seeded": Decimal(3)})
+        await s.add("seeded", "2026-11", Decimal(1))
+        assert 0 < await client.ttl("aigw:test:ttl:{seeded}:2026-11")
+        assert await s.spent("seeded", "2026-11") == 4
+    finally:
+        await client.aclose()

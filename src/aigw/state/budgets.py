@@ -105,11 +105,11 @@ class RedisBudgetStore:
         cached = self._read.get((tenant, month))
         if cached is not None:  # our own spend shows at once
             self._read[(tenant, month)] = (cached[0], cached[1] + amount)
-        key = self._key(tenant, month)
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.incrby(key, int(amount * NANO))
-        pipe.expire(key, TTL_S)
-        await self._guard.call(pipe.execute)
+        key, nanos = self._key(tenant, month), int(amount * NANO)
+        total = await self._guard.call(lambda: self._redis.incrby(key, nanos))
+        if total is not REDIS_DOWN and int(total) == nanos:
+            # This INCRBY created the counter (no seed for this month yet): give it its expiry, once.
+            await self._guard.call(lambda: self._redis.expire(key, TTL_S))
 
     async def seed(self, month: str, totals: Mapping[str, Decimal]) -> None:
         await self._fallback.seed(month, totals)
