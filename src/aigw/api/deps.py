@@ -5,7 +5,6 @@ from __future__ import annotations
 import hmac
 from dataclasses import dataclass
 
-from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.requests import Request
 
@@ -17,6 +16,7 @@ from aigw.gateway import Gateway
 from aigw.keynotices import KeyNotices
 from aigw.metering import UsageRecorder
 from aigw.state.factory import TransitionCounter
+from aigw.state.redis_calls import RedisClient
 from aigw.store.tenants import TenantRepo
 from aigw.store.usage import UsageRepo
 from aigw.tenancy import KeyCache, KeySync, Principal
@@ -33,7 +33,7 @@ class Services:
     recorder: UsageRecorder
     started_at: int
     key_sync: KeySync
-    redis: Redis | None
+    redis: RedisClient | None
     transitions: TransitionCounter
     notices: KeyNotices | None = None
     config_path: str | None = None  # what SIGHUP reloads (None: built from settings in code, nothing to reload)

@@ -31,8 +31,6 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from redis.asyncio import Redis
-
 from aigw.breaker import (
     WINDOW_BUCKETS,
     BreakerPolicy,
@@ -47,7 +45,7 @@ from aigw.breaker import (
     window_totals,
 )
 from aigw.state.breaker_memory import MemoryBreakerStore
-from aigw.state.redis_calls import REDIS_DOWN, GuardedStore, LuaScript, RedisGuard
+from aigw.state.redis_calls import REDIS_DOWN, GuardedStore, LuaScript, RedisClient, RedisGuard
 
 __all__ = ["RedisBreakerStore"]
 
@@ -69,7 +67,7 @@ def _text(value: Any) -> str | None:
 class RedisBreakerStore(GuardedStore):
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         policy: BreakerPolicy,
         *,
         prefix: str = "aigw:cb:",

@@ -14,9 +14,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Protocol
 
-from redis.asyncio import Redis
-
-from aigw.state.redis_calls import REDIS_DOWN, RedisGuard
+from aigw.state.redis_calls import REDIS_DOWN, RedisClient, RedisGuard
 
 log = logging.getLogger("aigw.budgets")
 NANO = Decimal("1e9")
@@ -63,7 +61,7 @@ class RedisBudgetStore:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         *,
         fallback: MemoryBudgetStore,
         prefix: str = "aigw:budget:",

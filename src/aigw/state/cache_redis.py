@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from redis.asyncio import Redis
-
-from aigw.state.redis_calls import REDIS_DOWN, GuardedStore, RedisGuard
+from aigw.state.redis_calls import REDIS_DOWN, GuardedStore, RedisClient, RedisGuard
 
 __all__ = ["RedisCacheStore"]
 
@@ -21,7 +19,7 @@ log = logging.getLogger(__name__)
 class RedisCacheStore(GuardedStore):
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         *,
         prefix: str = "aigw:cache:",
         op_timeout_s: float = 0.25,

@@ -19,6 +19,8 @@ from aigw.state.cache_memory import CacheStore, MemoryCacheStore
 from aigw.state.cache_redis import RedisCacheStore
 from aigw.state.limits_memory import MemoryLimitStore
 from aigw.state.limits_redis import RedisLimitStore
+from aigw.state.redis_calls import RedisClient
+from aigw.state.resp import RespClient, supports
 from aigw.telemetry.metrics import Metrics
 
 # Short socket timeouts: a slow or dead Redis must degrade the gateway to local state, not stall requests.
@@ -42,7 +44,14 @@ class TransitionCounter:
         return {state: n for (k, state), n in self.counts.items() if k == key}
 
 
-def make_redis(url: str, timeout_s: float = REDIS_SOCKET_TIMEOUT_S) -> Redis:
+def make_redis(url: str, timeout_s: float = REDIS_SOCKET_TIMEOUT_S) -> RedisClient:
+    """The lean multiplexed client (resp.py) for plain ``redis://`` URLs; redis-py for anything else (TLS, unix)."""
+    if supports(url):
+        return RespClient(url, connect_timeout_s=timeout_s, command_timeout_s=timeout_s)
+    return _redis_py(url, timeout_s)
+
+
+def _redis_py(url: str, timeout_s: float) -> Redis:
     # No client-side retries: redis-py's default retries with back-off would turn a Redis outage into seconds of
     # latency per request; every caller has its own fallback to local state instead.
     # A blocking pool: under load, a call waits (at most timeout_s) for a free connection instead of failing with
@@ -59,7 +68,7 @@ def make_redis(url: str, timeout_s: float = REDIS_SOCKET_TIMEOUT_S) -> Redis:
     return client
 
 
-def make_breaker(settings: Settings, redis: Redis | None, on_transition: TransitionCounter) -> BreakerStore:
+def make_breaker(settings: Settings, redis: RedisClient | None, on_transition: TransitionCounter) -> BreakerStore:
     cb = settings.circuit_breaker
     policy = BreakerPolicy(
         failure_threshold=cb.failure_threshold,
@@ -77,7 +86,7 @@ def make_breaker(settings: Settings, redis: Redis | None, on_transition: Transit
     )
 
 
-def make_limits(settings: Settings, redis: Redis | None) -> LimitStore:
+def make_limits(settings: Settings, redis: RedisClient | None) -> LimitStore:
     local = MemoryLimitStore()
     if redis is None:
         return local
@@ -86,12 +95,12 @@ def make_limits(settings: Settings, redis: Redis | None) -> LimitStore:
     )
 
 
-def make_budgets(redis: Redis | None) -> BudgetStore:
+def make_budgets(redis: RedisClient | None) -> BudgetStore:
     local = MemoryBudgetStore()
     return local if redis is None else RedisBudgetStore(redis, fallback=local)
 
 
-def make_cache_store(settings: Settings, redis: Redis | None) -> CacheStore | None:
+def make_cache_store(settings: Settings, redis: RedisClient | None) -> CacheStore | None:
     """None when the cache is off; Redis (shared by replicas) when configured, else the in-process LRU."""
     if not settings.cache.enabled:
         return None

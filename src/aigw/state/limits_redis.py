@@ -21,11 +21,9 @@ import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from redis.asyncio import Redis
-
 from aigw.ratelimit import WINDOW_S, Reservation, Verdict, WindowState, decision
 from aigw.state.limits_memory import MemoryLimitStore
-from aigw.state.redis_calls import REDIS_DOWN, GuardedStore, LuaScript, RedisGuard
+from aigw.state.redis_calls import REDIS_DOWN, GuardedStore, LuaScript, RedisClient, RedisGuard
 
 __all__ = ["UNAVAILABLE", "RedisLimitStore"]
 
@@ -43,7 +41,7 @@ def _num(value: Any) -> float | None:
 class RedisLimitStore(GuardedStore):
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         *,
         prefix: str = "aigw:rl:",
         fallback: MemoryLimitStore,

@@ -23,7 +23,12 @@ from typing import Any, Final, Literal, TypeVar
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, RedisError
 
-__all__ = ["REDIS_DOWN", "GuardedStore", "LuaScript", "RedisDown", "RedisGuard"]
+from aigw.state.resp import RespClient
+
+__all__ = ["REDIS_DOWN", "GuardedStore", "LuaScript", "RedisClient", "RedisDown", "RedisGuard"]
+
+# redis-py's client (tests, pub/sub, TLS) or the lean request-path client (resp.py): the stores use what both have.
+RedisClient = Redis | RespClient
 
 T = TypeVar("T")
 
@@ -39,7 +44,7 @@ class LuaScript:
         # EVALSHA names a script by the SHA-1 of its text: computed here, the server need not be asked.
         return cls(source, hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest())
 
-    async def eval(self, redis: Redis, keys: Sequence[str], args: Sequence[str | int]) -> Any:
+    async def eval(self, redis: RedisClient, keys: Sequence[str], args: Sequence[str | int]) -> Any:
         try:
             return await redis.evalsha(self.sha, len(keys), *keys, *args)
         except NoScriptError:

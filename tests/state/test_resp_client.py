@@ -1,0 +1,122 @@
+"""RespClient (aigw.state.resp) against the real Redis: the commands the stores use, replies matched to their
+commands under heavy concurrency and after callers give up, errors as redis-py's exception classes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from aigw.state.redis_calls import LuaScript
+from aigw.state.resp import RespClient, supports
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture
+def url(redis_url: str) -> str:
+    return redis_url
+
+
+@pytest.fixture
+async def client(url: str) -> AsyncIterator[RespClient]:
+    c = RespClient(url, connect_timeout_s=2)
+    yield c
+    await c.aclose()
+
+
+@pytest.fixture
+async def plain(url: str) -> AsyncIterator[Redis]:
+    r = Redis.from_url(url)
+    yield r
+    await r.aclose()
+
+
+async def test_the_commands_the_stores_use(client: RespClient, plain: Redis) -> None:
+    assert await client.ping() is True
+    assert await client.get("missing") is None
+    assert await client.set("k", b"\x00binary\r\n", ex=60) is True
+    assert await plain.get("k") == b"\x00binary\r\n", "written to the URL's database (SELECT), bytes intact"
+    assert 0 < await plain.ttl("k") <= 60
+    assert await client.set("k", "other", nx=True) is None and await client.get("k") == b"\x00binary\r\n"
+    assert await client.incrby("n", 5) == 5 and await client.incrby("n", -2) == 3
+    assert await client.expire("n", 30) is True and await client.expire("nope", 30) is False
+    seconds, micros = (await client.pipeline().time().hmget("h", ["a", "b"]).execute())[0]
+    assert seconds > 1_700_000_000 and 0 <= micros < 1_000_000
+
+
+async def test_scripts_load_on_noscript_and_errors_are_redis_py_exceptions(client: RespClient) -> None:
+    script = LuaScript("return {KEYS[1], tonumber(ARGV[1]) + 1}", "0" * 40)
+    with pytest.raises(NoScriptError):
+        await client.evalsha(script.sha, 1, "key", 1)
+    real = LuaScript.load("limits_settle.lua")
+    await client.script_load(real.source)
+    loaded = LuaScript("return {KEYS[1], tonumber(ARGV[1]) + 1}", await client.script_load(script.source))
+    assert await loaded.eval(client, ["key"], [41]) == [b"key", 42]
+    with pytest.raises(ResponseError):
+        await client.execute("INCRBY", "not-a-number-key", "x")
+
+
+async def test_replies_reach_their_own_commands_under_concurrency(client: RespClient) -> None:
+    await asyncio.gather(*(client.set(f"key:{i}", f"value:{i}") for i in range(500)))
+    got = await asyncio.gather(*(client.get(f"key:{i}") for i in range(500)))
+    assert got == [f"value:{i}".encode() for i in range(500)]
+    totals = await asyncio.gather(*(client.incrby("counter", 1) for _ in range(1000)))
+    assert sorted(totals) == list(range(1, 1001))
+
+
+async def test_a_command_given_up_does_not_shift_the_replies(url: str) -> None:
+    c = RespClient(url, connect_timeout_s=2, connections=1)
+    try:
+        await c.set("after", "right")
+        slow = asyncio.ensure_future(c.execute("BLPOP", "empty-list", "0.3"))  # blocks the connection 0.3 s
+        await asyncio.sleep(0.05)
+        slow.cancel()
+        assert await c.get("after") == b"right", "BLPOP's nil reply went to the cancelled command, not to this one"
+    finally:
+        await c.aclose()
+
+
+async def test_a_timeout_drops_the_connection_and_the_next_command_reconnects(url: str) -> None:
+    c = RespClient(url, connect_timeout_s=2, command_timeout_s=0.1, connections=1)
+    try:
+        with pytest.raises(RedisTimeoutError):
+            await c.execute("BLPOP", "empty-list", "1")
+        assert await c.set("x", "1") is True and await c.get("x") == b"1"
+    finally:
+        await c.aclose()
+
+
+async def test_unreachable_redis_is_a_connection_error() -> None:
+    c = RespClient("redis://127.0.0.1:1/0", connect_timeout_s=0.5)
+    with pytest.raises(RedisConnectionError):
+        await c.get("k")
+    await c.aclose()
+
+
+def test_only_plain_redis_urls() -> None:
+    assert supports("redis://127.0.0.1:6379/0") and not supports("rediss://h:6380/0")
+    assert not supports("unix:///run/redis.sock")
+    with pytest.raises(ValueError):
+        RespClient("rediss://h/0")
+
+
+def test_under_uvloop(url: str) -> None:
+    """The gateway runs on uvloop, whose transports are not asyncio.Transport subclasses."""
+    uvloop = pytest.importorskip("uvloop")
+
+    async def main() -> list[object]:
+        c = RespClient(url, connect_timeout_s=2)
+        try:
+            await c.set("uv", "loop")
+            return [await c.get("uv"), *await asyncio.gather(*(c.incrby("uvn", 1) for _ in range(100)))]
+        finally:
+            await c.aclose()
+
+    got = uvloop.run(main())
+    assert got[0] == b"loop" and sorted(got[1:]) == list(range(1, 101))
