@@ -21,9 +21,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from aigw.api import routes
+from aigw.api.chat import chat_completions
 from aigw.api.deps import Services
 from aigw.api.errors import error_response, handle_gateway_error, handle_unexpected
-from aigw.api.middleware import RequestIdMiddleware, TracingMiddleware
+from aigw.api.middleware import ChatFastPath, RequestIdMiddleware, TracingMiddleware
 from aigw.caching import ResponseCache
 from aigw.config import Settings, load_settings
 from aigw.errors import GatewayError, InvalidRequest, NotFound
@@ -182,6 +183,7 @@ def create_app(settings: Settings, config_path: str | None = None) -> Starlette:
         middleware=[
             *([Middleware(TracingMiddleware, tracing=tracing)] if tracing is not None else []),
             Middleware(RequestIdMiddleware),
+            Middleware(ChatFastPath, handler=chat_completions),
         ],
         exception_handlers={
             GatewayError: handle_gateway_error,

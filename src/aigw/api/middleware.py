@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Awaitable, Callable
 
+from starlette.requests import Request
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from aigw.api.errors import error_response, handle_unexpected
+from aigw.errors import GatewayError
 from aigw.telemetry.tracing import Tracing, set_server_status
 
 REQUEST_ID_KEY = "aigw.request_id"
@@ -66,3 +71,27 @@ class TracingMiddleware:
                 await send(message)
 
             await self.app(scope, receive, send_with_status)
+
+
+class ChatFastPath:
+    """``POST /v1/chat/completions`` straight to its handler, past Starlette's router and exception middleware:
+    the hottest route pays for none of the generic dispatch (about a tenth of the gateway's CPU per request in the
+    bench profile). Errors are mapped by the same functions the exception handlers use (api/errors.py)."""
+
+    def __init__(self, app: ASGIApp, handler: Callable[[Request], Awaitable[Response | ASGIApp]]) -> None:
+        self.app = app
+        self.handler = handler
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != "/v1/chat/completions" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope, receive)
+        response: Response | ASGIApp
+        try:
+            response = await self.handler(request)
+        except GatewayError as err:
+            response = error_response(err)
+        except Exception as exc:
+            response = await handle_unexpected(request, exc)
+        await response(scope, receive, send)
