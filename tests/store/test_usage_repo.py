@@ -10,6 +10,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from aigw.store.tables import usage_records
@@ -175,3 +176,21 @@ async def test_naive_created_at_is_refused(repo: UsageRepo) -> None:
     with pytest.raises(Exception, match="naive"):
         await repo.insert_many([record("t", 0, created_at=datetime(2026, 1, 1))])
     assert await repo.count("t") == 0
+
+
+async def test_rows_read_back_as_written(repo: UsageRepo, db_engine: AsyncEngine) -> None:
+    """Each backend's fast write path (COPY; a raw executemany on SQLite) stores what the column types would."""
+    zone = timezone(timedelta(hours=5, minutes=30))
+    written = [
+        record("t", 0, created_at=datetime(2026, 11, 26, 23, 59, 59, 999999, tzinfo=zone)),
+        record("t", 1, cost_usd=Decimal("0.0000000015"), saved_cost_usd=Decimal("1.25"), cache="hit", cache_hit=True),
+        record("t", 2, cost_usd=None, key_id=None, provider=None, upstream_model=None, error_type="timeout"),
+    ]
+    await repo.insert_many(written)
+    async with db_engine.connect() as conn:
+        rows = (await conn.execute(select(usage_records).order_by(usage_records.c.request_id))).mappings().all()
+    got = [{k: v for k, v in row.items() if k != "id"} for row in rows]
+    want = [dataclasses.asdict(r) for r in written]
+    want[0]["created_at"] = written[0].created_at.astimezone(UTC)
+    want[1]["cost_usd"] = Decimal("0.000000002")  # rounded half away from zero to the column's 9 places
+    assert got == want
