@@ -109,12 +109,24 @@ class _BotocoreSender:
             client.close()
 
 
+def _entries(rows: Sequence[OutboxRow], body_field: str, *, fifo: bool) -> list[dict[str, Any]]:
+    """Batch entries for SendMessageBatch / PublishBatch (same shape but the body's field name). FIFO: one message
+    group per tenant keeps each tenant's events in order without serialising the others."""
+    entries = []
+    for r in rows:
+        entry: dict[str, Any] = {"Id": str(r.id), body_field: r.body, "MessageAttributes": _attributes(r)}
+        if fifo:
+            entry["MessageGroupId"] = r.tenant_id
+            entry["MessageDeduplicationId"] = r.event_id
+        entries.append(entry)
+    return entries
+
+
 class SqsSender(_BotocoreSender):
     def __init__(self, cfg: SqsSink) -> None:
         region = cfg.region or sqs_region(cfg.queue_url)
         super().__init__("sqs", region, cfg.endpoint_url, cfg.timeout_s, cfg.parallel)
         self._url = cfg.queue_url
-        # FIFO: one message group per tenant keeps each tenant's events in order without serialising the others.
         self.fifo = cfg.queue_url.endswith(".fifo")
 
     @property
@@ -122,13 +134,7 @@ class SqsSender(_BotocoreSender):
         return self._url
 
     async def send(self, rows: Sequence[OutboxRow]) -> dict[int, str]:
-        entries = []
-        for r in rows:
-            entry: dict[str, Any] = {"Id": str(r.id), "MessageBody": r.body, "MessageAttributes": _attributes(r)}
-            if self.fifo:
-                entry["MessageGroupId"] = r.tenant_id
-                entry["MessageDeduplicationId"] = r.event_id
-            entries.append(entry)
+        entries = _entries(rows, "MessageBody", fifo=self.fifo)
         response = await self._call("send_message_batch", QueueUrl=self._url, Entries=entries)
         return self._failures(rows, response)
 
@@ -145,12 +151,6 @@ class SnsSender(_BotocoreSender):
         return self._arn
 
     async def send(self, rows: Sequence[OutboxRow]) -> dict[int, str]:
-        entries = []
-        for r in rows:
-            entry: dict[str, Any] = {"Id": str(r.id), "Message": r.body, "MessageAttributes": _attributes(r)}
-            if self.fifo:
-                entry["MessageGroupId"] = r.tenant_id
-                entry["MessageDeduplicationId"] = r.event_id
-            entries.append(entry)
+        entries = _entries(rows, "Message", fifo=self.fifo)
         response = await self._call("publish_batch", TopicArn=self._arn, PublishBatchRequestEntries=entries)
         return self._failures(rows, response)
