@@ -20,7 +20,7 @@ from msgspec import UNSET, Meta, Struct, UnsetType
 from starlette.requests import Request
 from starlette.responses import Response
 
-from aigw.api.bodies import read_json_object, typed
+from aigw.api.bodies import parse_json_object, read_body, read_json_object, typed
 from aigw.api.deps import Services, require_admin, services
 from aigw.errors import Conflict, GatewayError, InvalidRequest, NotFound, ServiceUnavailable
 from aigw.store.tenants import DuplicateKeyError, KeyGrant, Tenant, TenantNotFoundError
@@ -171,7 +171,8 @@ async def delete_tenant(request: Request) -> Response:
 async def create_key(request: Request) -> Response:
     svc = services(request)
     require_admin(request, svc)
-    raw = await read_json_object(request, svc.settings.max_body_bytes) if await request.body() else {}
+    body_bytes = await read_body(request, svc.settings.max_body_bytes)  # the body is optional here
+    raw = parse_json_object(body_bytes) if body_bytes else {}
     body = typed(raw, KeyCreate)
     key = body.key if body.key is not None else new_key()
     if body.key is not None and any(c.isspace() for c in key):
