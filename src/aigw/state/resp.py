@@ -56,7 +56,8 @@ class _Connection(asyncio.Protocol):
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.waiting: deque[asyncio.Future[Any]] = deque()
-        self._out: list[bytes] = []  # commands written during this turn of the loop, sent together at its end
+        self._out: list[bytes] = []  # commands after the first of this turn of the loop, sent together at its end
+        self._turn_open = False
         self._reader = hiredis.Reader(replyError=ResponseError)
         self.lost = False
 
@@ -91,16 +92,21 @@ class _Connection(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         futures = [loop.create_future() for _ in range(count)]
         self.waiting.extend(futures)
-        # Coalesced: every command issued in this turn of the event loop goes out in one write (one syscall) when
-        # the turn ends, instead of a syscall each; the order on the wire is still the order of ``waiting``.
-        if not self._out:
+        # The first command of a turn of the event loop is written at once (no added latency when idle); the others
+        # of the same turn are coalesced into one write when the turn ends (one syscall under load, not one each).
+        # The order on the wire is still the order of ``waiting``.
+        if self._turn_open:
+            self._out.append(payload)
+        else:
+            self._turn_open = True
             loop.call_soon(self._flush)
-        self._out.append(payload)
+            self.transport.write(payload)
         return futures
 
     def _flush(self) -> None:
+        self._turn_open = False
         out, self._out = self._out, []
-        if self.transport is not None and not self.transport.is_closing():
+        if out and self.transport is not None and not self.transport.is_closing():
             self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
 
