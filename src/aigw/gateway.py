@@ -67,6 +67,14 @@ def new_identity() -> StreamIdentity:
     return StreamIdentity(id="chatcmpl-" + os.urandom(12).hex(), created=int(time.time()))
 
 
+class _TokensRefused(Exception):
+    """A speculative admission refused for tokens alone (``Gateway._enter``): not yet a refusal."""
+
+    def __init__(self, error: GatewayError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
 class Gateway:
     def __init__(
         self,
@@ -188,15 +196,14 @@ class Gateway:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _admit(self, ctx: CallContext, *, cached: bool = False) -> None:
+    async def _admit(self, ctx: CallContext, *, cached: bool = False, speculative: bool = False) -> None:
         """Budget, then RPM/TPM limits, before anything else is done for the request (no upstream is called).
         An answer from the cache counts against RPM only: it uses no tokens (issue 6)."""
         p = ctx.principal
         if p.monthly_budget_usd is not None and self.budgets is not None:
             spent = await self.budgets.spent(p.tenant_id, month_of(datetime.now(UTC)))
             if spent >= p.monthly_budget_usd:
-                if self.observer is not None:
-                    self.observer.metrics.rejected(tenant=p.tenant_id, reason="budget")
+                self._rejected(p.tenant_id, "budget")
                 raise BudgetExceeded(
                     f"This tenant's monthly budget of ${p.monthly_budget_usd} is spent (${spent:.6f} this month, UTC); "
                     "raise monthly_budget_usd or wait for the next month"
@@ -207,11 +214,17 @@ class Gateway:
         verdict = await self.limits.check(p.tenant_id, p.rate_limit_rpm, tpm, 0 if cached else ctx.token_estimate)
         ctx.limit_headers = headers_for(verdict)
         if not verdict.allowed:
-            if self.observer is not None:
-                tokens_refused = verdict.tokens is not None and not verdict.tokens.allowed
-                self.observer.metrics.rejected(tenant=p.tenant_id, reason="tpm" if tokens_refused else "rpm")
-            raise refusal(verdict, ctx.limit_headers)
+            tokens_refused = verdict.tokens is not None and not verdict.tokens.allowed
+            err = refusal(verdict, ctx.limit_headers)
+            if speculative and tokens_refused and (verdict.requests is None or verdict.requests.allowed):
+                raise _TokensRefused(err)  # a cache hit would not need the tokens: the caller decides
+            self._rejected(p.tenant_id, "tpm" if tokens_refused else "rpm")
+            raise err
         ctx.reservation = verdict.reservation
+
+    def _rejected(self, tenant: str, reason: str) -> None:
+        if self.observer is not None:
+            self.observer.metrics.rejected(tenant=tenant, reason=reason)
 
     def _cost(self, target: Target | None, usage: Usage) -> Decimal | None:
         cost = self._price(target, usage)
@@ -293,24 +306,46 @@ class Gateway:
             failed.error.headers["x-aigw-attempts"] = str(failed.attempts)
             raise failed.error from None
 
-    async def _lookup(
+    async def _enter(
         self, ctx: CallContext, targets: Sequence[Target], chat: ChatInput
     ) -> tuple[CachePlan | None, CachedAnswer | None]:
-        """The request's cache entry and, if it holds an answer, that answer. ``ctx.cache`` says ``bypass`` until
-        the request is admitted (``_admitted``): a refused request was served nothing, from the cache or not."""
+        """Cache lookup and admission. With both on Redis they run concurrently (one round trip of waiting, not two):
+        admission is tried as for a miss, a hit then gives its TPM reservation back (``_record`` settles it at 0),
+        and a refusal for tokens alone is reconsidered as a hit, which counts against RPM only (issue 6).
+        ``ctx.cache`` says ``bypass`` until the request is admitted: a refused request was served nothing."""
         ctx.cache = "bypass"
-        if self.cache is None:
-            return None, None
-        plan = self.cache.plan(ctx.principal.tenant_id, ctx.model, targets, chat, ctx.cache_control)
-        hit = await self.cache.get(plan) if plan is not None else None
-        return plan, hit
-
-    async def _admitted(self, ctx: CallContext, plan: CachePlan | None, hit: CachedAnswer | None) -> None:
-        await self._admit(ctx, cached=hit is not None)
+        plan = (
+            self.cache.plan(ctx.principal.tenant_id, ctx.model, targets, chat, ctx.cache_control)
+            if self.cache is not None
+            else None
+        )
+        hit: CachedAnswer | None = None
+        p = ctx.principal
+        if self.cache is None or plan is None or plan.mode != "read_write":
+            await self._admit(ctx)
+        elif self.limits is None or (p.rate_limit_rpm is None and p.rate_limit_tpm is None):
+            hit = await self.cache.get(plan)
+            await self._admit(ctx, cached=hit is not None)
+        else:
+            lookup = asyncio.ensure_future(self.cache.get(plan))
+            try:
+                await self._admit(ctx, speculative=True)
+            except _TokensRefused as refused:
+                hit = await lookup
+                if hit is None:
+                    self._rejected(p.tenant_id, "tpm")
+                    raise refused.error from None
+                await self._admit(ctx, cached=True)
+            except BaseException:
+                lookup.cancel()
+                raise
+            else:
+                hit = await lookup
         if self.cache is not None:
             ctx.cache = self.cache.status(plan, hit)
             if self.observer is not None:
                 self.observer.metrics.cache_lookup(result=ctx.cache)
+        return plan, hit
 
     async def chat(self, ctx: CallContext, chat: ChatInput) -> Served:
         req = chat.request
@@ -331,8 +366,7 @@ class Gateway:
 
         with self._metered(ctx):
             targets = self.router.resolve(ctx.model)
-            plan, hit = await self._lookup(ctx, targets, chat)
-            await self._admitted(ctx, plan, hit)
+            plan, hit = await self._enter(ctx, targets, chat)
             if hit is not None:
                 body = hit.body(new_identity())
                 target = Target(hit.provider, hit.upstream_model)
@@ -377,8 +411,7 @@ class Gateway:
 
         with self._metered(ctx):
             targets = self.router.resolve(ctx.model)
-            plan, hit = await self._lookup(ctx, targets, chat)
-            await self._admitted(ctx, plan, hit)
+            plan, hit = await self._enter(ctx, targets, chat)
             if hit is not None:
                 return ReplayStream(self, ctx, hit, ident, include_usage=chat.request.wants_usage)
             served = await self._run(ctx, targets, call, hold_on_success=True)
