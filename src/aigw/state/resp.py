@@ -19,7 +19,9 @@ onto the wrong command.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
+import socket
 from collections import deque
 from collections.abc import Awaitable, Sequence
 from typing import Any, cast
@@ -56,14 +58,17 @@ class _Connection(asyncio.Protocol):
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.waiting: deque[asyncio.Future[Any]] = deque()
-        self._out: list[bytes] = []  # commands after the first of this turn of the loop, sent together at its end
-        self._turn_open = False
+        self._out: list[bytes] = []  # commands written during this turn of the loop, sent together at its end
         self._reader = hiredis.Reader(replyError=ResponseError)
         self.lost = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A stream transport (uvloop's does not subclass asyncio.Transport, so no isinstance check).
         self.transport = cast(asyncio.Transport, transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError, AttributeError):  # small writes must not wait for ACKs (Nagle)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def data_received(self, data: bytes) -> None:
         self._reader.feed(data)
@@ -92,21 +97,16 @@ class _Connection(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         futures = [loop.create_future() for _ in range(count)]
         self.waiting.extend(futures)
-        # The first command of a turn of the event loop is written at once (no added latency when idle); the others
-        # of the same turn are coalesced into one write when the turn ends (one syscall under load, not one each).
-        # The order on the wire is still the order of ``waiting``.
-        if self._turn_open:
-            self._out.append(payload)
-        else:
-            self._turn_open = True
+        # Coalesced: every command issued in this turn of the event loop goes out in one write (one syscall) when
+        # the turn ends, instead of a syscall each; the order on the wire is still the order of ``waiting``.
+        if not self._out:
             loop.call_soon(self._flush)
-            self.transport.write(payload)
+        self._out.append(payload)
         return futures
 
     def _flush(self) -> None:
-        self._turn_open = False
         out, self._out = self._out, []
-        if out and self.transport is not None and not self.transport.is_closing():
+        if self.transport is not None and not self.transport.is_closing():
             self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
 
