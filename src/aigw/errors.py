@@ -47,6 +47,7 @@ class GatewayError(Exception):
         self.param = param
         self.instance_code = code
         self.headers: dict[str, str] = dict(headers or {})
+        self.metered = False  # already in the ledger and the request metrics (set by the gateway)
 
     @property
     def http_status(self) -> int:

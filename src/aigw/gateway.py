@@ -281,6 +281,7 @@ class Gateway:
             if ctx.cache is not None:
                 err.headers.setdefault("x-aigw-cache", ctx.cache)
             self._record(ctx, status=err.http_status, target=ctx.target, usage=None, error=err)
+            err.metered = True
             raise
         except asyncio.CancelledError:  # the client went away (api.disconnect): still one ledger row
             self._record(ctx, status=CLIENT_CLOSED, target=ctx.target, usage=None)

@@ -112,3 +112,28 @@ def test_metrics_endpoint_counts_requests_and_tokens(traced: tuple[RunningGatewa
     assert total("gen_ai_client_token_usage_count", gen_ai_token_type="input") >= 3
     assert total("aigw_gateway_overhead_seconds_count") >= 3
     assert total("aigw_cost_usd_total", tenant=tenant["id"]) > 0
+
+
+def test_requests_refused_before_a_tenant_is_known_are_counted_once(
+    traced: tuple[RunningGateway, FakeOpenAI, Any],
+) -> None:
+    gw, _, _ = traced
+    tenant = gw.new_tenant("refusals")
+    good = {"authorization": f"Bearer {tenant['api_key']}"}
+    body = {"model": "chain", "messages": [{"role": "user", "content": "hi"}]}
+    assert httpx.post(gw.url + CHAT, json=body, headers={"authorization": "Bearer gw-sk-nope"}).status_code == 401
+    assert httpx.post(gw.url + CHAT, content=b"{not json", headers=good).status_code == 400
+    assert httpx.post(gw.url + CHAT, json={**body, "model": "nope"}, headers=good).status_code == 404
+    samples = [
+        s
+        for fam in text_string_to_metric_families(httpx.get(gw.url + "/metrics", timeout=10).text)
+        for s in fam.samples
+        if s.name == "aigw_requests_total"
+    ]
+
+    def count(tenant_id: str, status: str) -> float:
+        return sum(s.value for s in samples if s.labels["tenant"] == tenant_id and s.labels["status"] == status)
+
+    assert (count("", "401"), count("", "400")) == (1, 1)
+    assert count(tenant["id"], "404") == 1, "a refusal the gateway metered is not counted a second time"
+    assert count("", "404") == 0

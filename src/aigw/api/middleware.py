@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Awaitable, Callable
 
 from starlette.requests import Request
@@ -88,10 +89,30 @@ class ChatFastPath:
             return
         request = Request(scope, receive)
         response: Response | ASGIApp
+        started = time.perf_counter()
         try:
             response = await self.handler(request)
         except GatewayError as err:
             response = error_response(err)
+            if not err.metered:  # refused before the gateway knew the tenant (bad key, unreadable body)
+                _count_unmetered(scope, err.http_status, time.perf_counter() - started)
         except Exception as exc:
             response = await handle_unexpected(request, exc)
         await response(scope, receive, send)
+
+
+def _count_unmetered(scope: Scope, status: int, seconds: float) -> None:
+    """A chat request refused before it had a tenant still shows in aigw_requests_total (tenant and model "")."""
+    observer = getattr(scope["app"].state.aigw.gateway, "observer", None)
+    if observer is not None:
+        observer.metrics.request_done(
+            tenant="",
+            model="",
+            provider=None,
+            status=status,
+            cache="bypass",
+            stream=False,
+            duration_s=seconds,
+            overhead_s=seconds,
+            cost_usd=None,
+        )
