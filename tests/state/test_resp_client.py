@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
 
 import pytest
 from redis.asyncio import Redis
@@ -120,3 +121,54 @@ def test_under_uvloop(url: str) -> None:
 
     got = uvloop.run(main())
     assert got[0] == b"loop" and sorted(got[1:]) == list(range(1, 101))
+
+
+async def test_a_connection_that_stops_answering_is_replaced(url: str) -> None:
+    """A half-open connection (peer gone silent, e.g. a network partition) must not keep swallowing commands: the
+    client's own timeout, shorter than the store guard's (as the factory sets them), drops it."""
+    from aigw.state.cache_redis import RedisCacheStore
+
+    target = urlsplit(url)
+    blackhole = {"on": False}
+
+    async def proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        r2, w2 = await asyncio.open_connection(target.hostname, target.port or 6379)
+        dead = False
+
+        async def up() -> None:
+            nonlocal dead
+            while data := await reader.read(65536):
+                if blackhole["on"] or dead:
+                    dead = True  # this connection stays silent for good
+                    continue
+                w2.write(data)
+                await w2.drain()
+
+        async def down() -> None:
+            while data := await r2.read(65536):
+                if not dead:
+                    writer.write(data)
+                    await writer.drain()
+
+        await asyncio.gather(up(), down(), return_exceptions=True)
+        w2.close()
+
+    server = await asyncio.start_server(proxy, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    c = RespClient(f"redis://127.0.0.1:{port}{target.path}", connect_timeout_s=0.2, command_timeout_s=0.2)
+    store = RedisCacheStore(c, op_timeout_s=0.25, retry_interval_s=0.05)
+    try:
+        await c.set("aigw:cache:k", b"v")
+        assert await store.get("k") == b"v"
+        blackhole["on"] = True
+        assert [await store.get("k") for _ in range(2)] == [None, None]  # misses, never errors
+        blackhole["on"] = False  # Redis reachable again for new connections
+        got = []
+        for _ in range(12):
+            await asyncio.sleep(0.06)  # past the guard's retry interval
+            got.append(await store.get("k"))
+        assert got[-6:] == [b"v"] * 6, got
+    finally:
+        await c.aclose()
+        server.close()
+        await server.wait_closed()

@@ -44,7 +44,9 @@ async def until_disconnect(receive: Receive, work: Awaitable[T]) -> T:
         if "gone" not in state:
             raise
         task.uncancel()
-        raise ClientDisconnected("The client closed the connection") from None
+        gone = ClientDisconnected("The client closed the connection")
+        gone.metered = True  # the gateway recorded the cancelled request (its ledger row and metrics) already
+        raise gone from None
     finally:
         timer.cancel()
         watcher = state.get("watcher")

@@ -47,7 +47,9 @@ class TransitionCounter:
 def make_redis(url: str, timeout_s: float = REDIS_SOCKET_TIMEOUT_S) -> RedisClient:
     """The lean multiplexed client (resp.py) for plain ``redis://`` URLs; redis-py for anything else (TLS, unix)."""
     if supports(url):
-        return RespClient(url, connect_timeout_s=timeout_s, command_timeout_s=timeout_s)
+        # The client's own command timeout fires before the stores' guard (same setting): only the client's drops a
+        # connection that stopped answering; a guard's cancellation cannot tell that from a client going away.
+        return RespClient(url, connect_timeout_s=timeout_s * 0.8, command_timeout_s=timeout_s * 0.8)
     return _redis_py(url, timeout_s)
 
 

@@ -144,6 +144,7 @@ class RespClient:
 
     async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()
+        conn: _Connection | None = None
         try:
             async with asyncio.timeout(self._connect_timeout_s):
                 _, conn = await loop.create_connection(_Connection, self._host, self._port)
@@ -154,8 +155,12 @@ class RespClient:
                     hello.append(["SELECT", self._db])
                 if hello:
                     await asyncio.gather(*conn.send(b"".join(_pack(c) for c in hello), len(hello)))
-        except (OSError, TimeoutError) as exc:
-            raise RedisConnectionError(f"cannot connect to Redis at {self._host}:{self._port}: {exc!r}") from exc
+        except BaseException as exc:
+            if conn is not None and conn.transport is not None:  # a failed handshake must not leak its socket
+                conn.transport.close()
+            if isinstance(exc, OSError | TimeoutError):
+                raise RedisConnectionError(f"cannot connect to Redis at {self._host}:{self._port}: {exc!r}") from exc
+            raise
         return conn
 
     async def execute(self, *args: _Arg) -> Any:
