@@ -89,6 +89,8 @@ class ResponseCache:
             if data.get("v") != ENTRY_VERSION:
                 raise ValueError(f"entry version {data.get('v')!r}")
             p, c, cached, written = data["usage"]
+            if not _replayable(data["completion"]):
+                raise ValueError("the stored completion lacks what a response is made of")
             return CachedAnswer(data["completion"], data["provider"], data["model"], Usage(p, c, cached, written))
         except (orjson.JSONDecodeError, ValueError, KeyError, TypeError, AttributeError) as exc:
             self.counts["unreadable"] += 1
@@ -115,3 +117,25 @@ class ResponseCache:
         )
         await self.store.set(plan.key, entry, plan.ttl_s)
         self.counts["stored"] += 1
+
+
+def _replayable(completion: Any) -> bool:
+    """Everything ``CachedAnswer.body`` and ``replay_chunks`` read is there with its type: an entry that passes never
+    fails the request it answers (one that does not is a miss)."""
+    if not isinstance(completion, dict) or not isinstance(completion.get("model"), str):
+        return False
+    choices = completion.get("choices")
+    if not isinstance(choices, list) or not choices:
+        return False
+    for choice in choices:
+        if not isinstance(choice, dict) or not isinstance(choice.get("index"), int) or "finish_reason" not in choice:
+            return False
+        message = choice.get("message")
+        if not isinstance(message, dict):
+            return False
+        calls = message.get("tool_calls")
+        if calls is not None and not (
+            isinstance(calls, list) and all(isinstance(t, dict) and isinstance(t.get("id"), str) for t in calls)
+        ):
+            return False
+    return True

@@ -102,9 +102,23 @@ async def test_refresh_plans_never_read() -> None:
     assert await rc.get(refresh) is None and await rc.get(p) is not None
 
 
+def entry(completion: Any) -> bytes:
+    return orjson.dumps({"v": 1, "provider": "oai", "model": "gpt-4o", "usage": [1, 1, 0, 0], "completion": completion})
+
+
 @pytest.mark.parametrize(
     "raw",
-    [b"garbage", b'{"v": 999, "provider": "oai"}', b'{"v": 1, "provider": "oai"}', b"[1, 2]"],
+    [
+        b"garbage",
+        b'{"v": 999, "provider": "oai"}',
+        b'{"v": 1, "provider": "oai"}',
+        b"[1, 2]",
+        entry("not an object"),
+        entry({**COMPLETION, "choices": []}),
+        entry({**COMPLETION, "model": None}),
+        entry({**COMPLETION, "choices": [{"index": 0, "finish_reason": "stop"}]}),
+        entry({**COMPLETION, "choices": [{"index": 0, "message": {"tool_calls": [{}]}, "finish_reason": "stop"}]}),
+    ],
 )
 async def test_unreadable_entries_are_misses(raw: bytes) -> None:
     rc = cache()
