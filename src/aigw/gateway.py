@@ -52,6 +52,8 @@ class CallContext:
     cache: CacheStatus | None = None  # x-aigw-cache once decided; None: the cache does not apply (embeddings)
     target: Target | None = None  # the target whose client error is being returned, for the ledger
     upstream_s: float = 0.0  # time spent waiting on upstreams (the gateway's overhead is the rest)
+    # The price table and providers when the request started (set as it enters the gateway): a reload does not reprice it.
+    pricing: tuple[PriceTable | None, Mapping[str, Upstream]] | None = None
     attempts: int = 0
 
 
@@ -135,9 +137,9 @@ class Gateway:
         saved: Decimal | None = None
         if hit is not None:
             cost: Decimal | None = Decimal(0)
-            saved = self._price(target, hit.usage)
+            saved = self._price(ctx, target, hit.usage)
         else:
-            cost = self._cost(target, u) if usage is not None else Decimal(0)
+            cost = self._cost(ctx, target, u) if usage is not None else Decimal(0)
         reservation, ctx.reservation = ctx.reservation, None
         if reservation is not None or (cost and self.budgets is not None):
             self._spawn(self._after(ctx.principal.tenant_id, reservation, u.total_tokens, cost))
@@ -226,17 +228,19 @@ class Gateway:
         if self.observer is not None:
             self.observer.metrics.rejected(tenant=tenant, reason=reason)
 
-    def _cost(self, target: Target | None, usage: Usage) -> Decimal | None:
-        cost = self._price(target, usage)
+    def _cost(self, ctx: CallContext, target: Target | None, usage: Usage) -> Decimal | None:
+        cost = self._price(ctx, target, usage)
         if cost is None and self.prices is not None and target is not None:
             self.unpriced += 1
         return cost
 
-    def _price(self, target: Target | None, usage: Usage) -> Decimal | None:
-        upstream = self.upstreams.get(target.provider) if target is not None else None
-        if self.prices is None or target is None or upstream is None:
+    def _price(self, ctx: CallContext, target: Target | None, usage: Usage) -> Decimal | None:
+        # The prices and providers the request started with: a reload while it runs must not reprice it.
+        prices, upstreams = ctx.pricing if ctx.pricing is not None else (self.prices, self.upstreams)
+        upstream = upstreams.get(target.provider) if target is not None else None
+        if prices is None or target is None or upstream is None:
             return None
-        return self.prices.cost(upstream.kind, target.model, usage)
+        return prices.cost(upstream.kind, target.model, usage)
 
     async def _attempt(
         self,
@@ -349,6 +353,7 @@ class Gateway:
         return plan, hit
 
     async def chat(self, ctx: CallContext, chat: ChatInput) -> Served:
+        ctx.pricing = (self.prices, self.upstreams)
         req = chat.request
 
         async def call(target: Target, upstream: Upstream) -> Completion:
@@ -392,6 +397,7 @@ class Gateway:
         """Open a stream on the first target that delivers a first chunk (the commit point): every failure before
         it is an ordinary error and falls back; after it, failures become an in-stream error event. A cached answer
         is replayed as a stream instead."""
+        ctx.pricing = (self.prices, self.upstreams)
         ident = new_identity()  # one id for the stream, whichever target ends up serving it
 
         req = chat.request
@@ -421,6 +427,7 @@ class Gateway:
         return CommittedStream(self, ctx, served.target, stream, first, served.attempts, served.permit, fill, attempt)
 
     async def embed(self, ctx: CallContext, emb: EmbeddingsInput) -> Served:
+        ctx.pricing = (self.prices, self.upstreams)
         fmt = emb.request.encoding_format or "float"
 
         async def call(target: Target, upstream: Upstream) -> EmbeddingsResult:
