@@ -52,7 +52,7 @@ class CallContext:
     cache: CacheStatus | None = None  # x-aigw-cache once decided; None: the cache does not apply (embeddings)
     target: Target | None = None  # the target whose client error is being returned, for the ledger
     upstream_s: float = 0.0  # time spent waiting on upstreams (the gateway's overhead is the rest)
-    # The price table and providers when the request started (set as it enters the gateway): a reload does not reprice it.
+    # The price table and providers when the request entered the gateway: a reload does not reprice it.
     pricing: tuple[PriceTable | None, Mapping[str, Upstream]] | None = None
     attempts: int = 0
 
