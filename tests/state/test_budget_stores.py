@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -112,5 +113,19 @@ async def test_a_counter_created_by_spend_expires_and_a_seeded_one_keeps_its_exp
         await s.add("seeded", "2026-11", Decimal(1))
         assert await client.ttl("aigw:test:ttl:{seeded}:2026-11") > 0
         assert await s.spent("seeded", "2026-11") == 4
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.redis
+async def test_a_read_that_raced_our_own_spend_is_not_remembered(redis_url: str) -> None:
+    client = Redis.from_url(redis_url)
+    try:
+        s = RedisBudgetStore(client, fallback=MemoryBudgetStore(), prefix="aigw:test:race:")
+        read = asyncio.ensure_future(s.spent("t", "2026-11"))  # the GET is in flight ...
+        await asyncio.sleep(0)
+        await s.add("t", "2026-11", Decimal(2))  # ... when our own spend goes in
+        await read
+        assert await s.spent("t", "2026-11") == 2, "the stale read must not hide our own spend"
     finally:
         await client.aclose()

@@ -7,9 +7,11 @@ every write refreshes the hash's TTL, so targets nobody uses any more expire.
 
 Successes are batched: a success under a *clean* permit (granted while the circuit was closed with no consecutive
 failures) changes nothing in Redis but the window's request count, so it is counted here and sent with this replica's
-next release call for that target, at the latest ``success_flush_s`` later. That saves a round trip on nearly every
-request. The cost: window counts lag by up to ``success_flush_s``, and a batched success resets the consecutive-
-failure count only when it is sent (it is then taken as newer than the failures counted so far).
+next release call for that target that comes ``success_flush_s`` or more after the last one (or with any failure).
+That saves a round trip on nearly every request. The cost: window counts lag (by ``success_flush_s`` while traffic
+flows; when traffic to the target stops, the last batch waits for its next call, and a batch meeting a permit from
+before a recovery is dropped with it), and a batched success resets the consecutive-failure count only when it is
+sent (it is then taken as newer than the failures counted so far).
 
 A clean "closed" answer is also remembered for ``closed_cache_s`` (0.25 s by default): acquires meanwhile are
 granted here without a round trip. A circuit opened by another replica is therefore seen up to that much later; a

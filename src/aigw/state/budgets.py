@@ -74,6 +74,7 @@ class RedisBudgetStore:
         self._read_cache_s = read_cache_s
         self._monotonic = monotonic
         self._read: dict[tuple[str, str], tuple[float, Decimal]] = {}  # (tenant, month) -> (read until, spent)
+        self._adds: dict[tuple[str, str], int] = {}  # own spends so far: a read that raced one is not remembered
         # No time limit and no back-off: every call tries Redis, and a failure falls back for that call only.
         self._guard = RedisGuard(_warn, op_timeout_s=None, retry_interval_s=0.0)
 
@@ -89,17 +90,22 @@ class RedisBudgetStore:
         cached = self._read.get((tenant, month))
         if cached is not None and now < cached[0]:
             return cached[1]
+        adds_before = self._adds.get((tenant, month), 0)
         raw = await self._guard.call(lambda: self._redis.get(self._key(tenant, month)))
         if raw is REDIS_DOWN:
             return await self._fallback.spent(tenant, month)
         value = Decimal(int(raw)) / NANO if raw is not None else Decimal(0)
+        if self._adds.get((tenant, month), 0) != adds_before:
+            return value  # our own spend went in meanwhile: the read may predate it, so it is not remembered
         if len(self._read) > 100_000:
             self._read.clear()
+            self._adds.clear()
         self._read[(tenant, month)] = (now + self._read_cache_s, value)
         return value
 
     async def add(self, tenant: str, month: str, amount: Decimal) -> None:
         await self._fallback.add(tenant, month, amount)  # kept locally too, for the fallback's sake
+        self._adds[(tenant, month)] = self._adds.get((tenant, month), 0) + 1
         cached = self._read.get((tenant, month))
         if cached is not None:  # our own spend shows at once
             self._read[(tenant, month)] = (cached[0], cached[1] + amount)
