@@ -485,9 +485,16 @@ def test_serve_with_two_workers(tmp_path: Path) -> None:
             # Metrics add up across workers whichever one answers the scrape (prometheus multiprocess files).
             tid = created.json()["id"]
             body = {"model": "llama", "messages": [{"role": "user", "content": "hi"}]}
-            for _ in range(10):  # fresh connections: spread over both workers
+            served = 0
+            deadline = time.monotonic() + KEY_SYNC_DEADLINE_S
+            while served < 10:  # fresh connections: spread over both workers
                 r = httpx.post(gw.url + "/v1/chat/completions", json=body, headers={"authorization": f"Bearer {key}"})
+                if r.status_code == 401:  # the other worker has not synced the new key yet (≤ 1 s)
+                    assert time.monotonic() < deadline, "the key never reached the second worker"
+                    time.sleep(0.05)
+                    continue
                 assert r.status_code == 200, r.text
+                served += 1
             assert [requests_total(gw, tid) for _ in range(4)] == [10.0] * 4
             code = gw.stop()
         assert code == 0, f"--workers 2 exited with {code} after SIGTERM:\n{gw.output()[-600:]}"
