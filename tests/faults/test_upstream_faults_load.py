@@ -28,10 +28,10 @@ from tests.support.ledger import wait_for_ledger
 
 STREAMS = 200
 PER_KIND = STREAMS // 4
-HANG_TIMEOUT_S = 1.0
+HANG_TIMEOUT_S = 1.5
 CHAT = "/v1/chat/completions"
 # B's upstream answers in milliseconds: a request of B's that took this long was held up behind A's faults.
-UNAFFECTED_BOUND_S = 0.75 * HANG_TIMEOUT_S
+UNAFFECTED_BOUND_S = 0.8 * HANG_TIMEOUT_S
 
 
 @pytest.fixture
