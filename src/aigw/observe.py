@@ -8,7 +8,7 @@ is measured twice. Cheap when off: metrics are a few dict lookups, traces are sk
 from __future__ import annotations
 
 import time
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from decimal import Decimal
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -56,8 +56,9 @@ class Attempt:
         self.first_chunk_s: float | None = None
         self.finished = False
 
-    def current(self) -> AbstractContextManager[Span]:
-        return use_span(self._span or trace.INVALID_SPAN, end_on_exit=False)
+    def current(self) -> AbstractContextManager[Span | None]:
+        # No span (tracing off, or the request unsampled): no context to attach, so nothing to do per request.
+        return use_span(self._span, end_on_exit=False) if self._span is not None else nullcontext()
 
     def elapsed_s(self) -> float:
         return time.perf_counter() - self._started
@@ -111,9 +112,7 @@ class Attempt:
                 cache=None,
                 tenant=None,
             )
-            if error is not None:
-                span.set_status(trace.Status(trace.StatusCode.ERROR))
-            span.end()
+            span.end()  # an error_type above has already marked the span as failed
 
 
 class Observer:

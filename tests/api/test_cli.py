@@ -10,10 +10,7 @@ import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,20 +27,11 @@ from tests.fakes import faults
 from tests.fakes.ollama_fake import FakeOllama
 from tests.fakes.openai_fake import FakeOpenAI
 from tests.support.databases import run_private
-from tests.support.gateway import free_port
+from tests.support.serve import ADMIN, AIGW, STOP_DEADLINE_S, Served, clean_env, serving
 
-AIGW = Path(sys.executable).parent / "aigw"
-ADMIN = "cli-admin-key-0123456789"
 SECRET = "sk-THIS-IS-SECRET"
-STARTUP_DEADLINE_S = 30.0
-STOP_DEADLINE_S = 5.0
 KEY_SYNC_DEADLINE_S = 5.0  # key_sync_interval_s is 1 s: a key reaches every worker well within this
 TABLES = {"tenants", "api_keys", "usage_records", "alembic_version"}
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AIGW_")}
-    return env | extra
 
 
 def run_aigw(
@@ -65,65 +53,6 @@ def write_config(path: Path, database_url: str, olla: FakeOllama | None = None, 
 
 def sqlite(path: Path) -> str:
     return f"sqlite+aiosqlite:///{path}"
-
-
-class Served:
-    """A running ``aigw serve``; ``stop()`` sends SIGTERM and returns the exit code (None if it had to be killed)."""
-
-    def __init__(self, proc: subprocess.Popen[bytes], port: int, log: Path) -> None:
-        self.proc, self.log = proc, log
-        self.url = f"http://127.0.0.1:{port}"
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def get(self, path: str, key: str | None = None) -> httpx.Response:
-        headers = {"authorization": f"Bearer {key}"} if key else {}
-        return httpx.get(self.url + path, headers=headers, timeout=10)
-
-    def admin(self, method: str, path: str, json: Any = None) -> httpx.Response:
-        return httpx.request(
-            method, self.url + path, json=json, headers={"authorization": f"Bearer {ADMIN}"}, timeout=10
-        )
-
-    def wait_healthy(self) -> None:
-        deadline = time.monotonic() + STARTUP_DEADLINE_S
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"aigw serve exited with {self.proc.returncode} at start:\n{self.output()}")
-            try:
-                if self.get("/healthz").status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        pytest.fail(f"aigw serve did not answer /healthz within {STARTUP_DEADLINE_S}s:\n{self.output()}")
-
-    def stop(self, timeout: float = STOP_DEADLINE_S) -> int | None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-                return None
-        return self.proc.returncode
-
-
-@contextmanager
-def serving(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[Served]:
-    port = free_port()
-    log = tmp_path / f"serve-{port}.log"
-    with log.open("wb") as out:
-        cmd = [str(AIGW), "serve", *args, "--host", "127.0.0.1", "--port", str(port)]
-        proc = subprocess.Popen(cmd, env=env or clean_env(), cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
-        served = Served(proc, port, log)
-        try:
-            served.wait_healthy()
-            yield served
-        finally:
-            served.stop()
 
 
 def sqlite_tables(path: Path) -> tuple[set[str], str | None]:

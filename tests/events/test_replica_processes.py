@@ -14,12 +14,17 @@ import yaml
 
 from tests.events.helpers import FAST, QueueReader
 from tests.fakes.openai_fake import FakeOpenAI
-from tests.faults.test_replica_processes import ADMIN, SENT, Replica, ledger
+from tests.support.ledger import pg_request_counts
 from tests.support.moto import REGION, Moto
+from tests.support.serve import ADMIN, serving
 
 pytestmark = pytest.mark.postgres
 
 REQUESTS = 60
+
+
+def hello(content: str) -> dict[str, object]:
+    return {"model": "gpt", "messages": [{"role": "user", "content": content}]}
 
 
 def test_two_replicas_publish_every_event_once(moto_server: Moto, pg_url: str, tmp_path: Path) -> None:
@@ -40,27 +45,20 @@ def test_two_replicas_publish_every_event_once(moto_server: Moto, pg_url: str, t
                 }
             )
         )
-        a = Replica(config, tmp_path, "a")
-        try:
-            b = Replica(config, tmp_path, "b")
-            try:
-                SENT.clear()
-                tenant = a.admin("POST", "/admin/tenants", {"name": "published"}).json()
-                key = tenant["api_key"]
-                deadline = time.monotonic() + 5
-                while b.chat(key, "known?").status_code != 200:  # B learns the key within its 1 s sync
-                    assert time.monotonic() < deadline, "B never learned the key"
-                for i in range(REQUESTS):
-                    assert (a, b)[i % 2].chat(key, f"n{i}").status_code == 200
-                reader = QueueReader(moto_server, queue)
-                messages = asyncio.run(reader.read_until(REQUESTS + 1, timeout=30))
-            finally:
-                assert b.stop() == 0
-        finally:
-            assert a.stop() == 0
+        with serving(tmp_path, "--config", str(config)) as a, serving(tmp_path, "--config", str(config)) as b:
+            tenant = a.admin("POST", "/admin/tenants", {"name": "published"}).json()
+            key = tenant["api_key"]
+            deadline = time.monotonic() + 5
+            while b.chat(key, hello("known?")).status_code != 200:  # B learns the key within its 1 s sync
+                assert time.monotonic() < deadline, "B never learned the key"
+            for i in range(REQUESTS):
+                assert (a, b)[i % 2].chat(key, hello(f"n{i}")).status_code == 200
+            reader = QueueReader(moto_server, queue)
+            messages = asyncio.run(reader.read_until(REQUESTS + 1, timeout=30))
+            assert (b.stop(), a.stop()) == (0, 0)
     events = reader.events()
     counts = Counter(e["request_id"] for e in events)
     assert max(counts.values()) == 1, "an event was published twice"
-    rows = ledger(pg_url, tenant["id"])
+    rows = pg_request_counts(pg_url, tenant["id"])
     assert Counter(counts) == rows, "one event per ledger row"
     assert len(messages) == REQUESTS + 1

@@ -21,15 +21,14 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-import asyncpg
 import httpx
 import pytest
 from sqlalchemy.engine import make_url
 
 from aigw.config import parse_settings
 from tests.fakes.openai_fake import FakeOpenAI
-from tests.support.databases import run_private
 from tests.support.gateway import ADMIN_KEY, RunningGateway
+from tests.support.ledger import pg_request_counts
 
 pytestmark = pytest.mark.postgres
 
@@ -88,24 +87,6 @@ def wait_until(cond: Callable[[], bool], timeout: float, message: str | Callable
         time.sleep(0.05)
 
 
-def ledger(pg_url: str, tenant_id: str) -> Counter[str]:
-    """Rows per request_id in the tenant's usage records, read straight from PostgreSQL; empty if unreachable."""
-    dsn = make_url(pg_url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-    async def rows() -> Counter[str]:
-        conn = await asyncpg.connect(dsn, timeout=2)
-        try:
-            sql = "SELECT request_id, count(*) AS n FROM usage_records WHERE tenant_id = $1 GROUP BY request_id"
-            return Counter({r["request_id"]: r["n"] for r in await conn.fetch(sql, tenant_id)})
-        finally:
-            await conn.close()
-
-    try:
-        return run_private(rows())
-    except (OSError, asyncpg.PostgresError):
-        return Counter()
-
-
 @pytest.fixture
 def cluster(pg_url: str) -> Iterator[Cluster]:
     c = local_cluster(pg_url)
@@ -149,7 +130,9 @@ def test_no_usage_record_lost_when_postgres_stops_mid_load(cluster: Cluster, gw:
         httpx.Client(base_url=gw.url, timeout=10) as anon,
     ):
         send(http, BEFORE, "before the outage")
-        wait_until(lambda: len(ledger(pg_url, tenant["id"])) == BEFORE, 5.0, "the first records were never written")
+        wait_until(
+            lambda: len(pg_request_counts(pg_url, tenant["id"])) == BEFORE, 5.0, "the first records were never written"
+        )
         failures_before = recorder.failures
 
         cluster.ctl("stop")
@@ -178,10 +161,10 @@ def test_no_usage_record_lost_when_postgres_stops_mid_load(cluster: Cluster, gw:
         assert len(want) == BEFORE + DURING + AFTER, "x-request-ids must be unique"
 
         def written() -> bool:
-            return set(ledger(pg_url, tenant["id"])) >= set(want)
+            return set(pg_request_counts(pg_url, tenant["id"])) >= set(want)
 
         def progress() -> str:
-            got = ledger(pg_url, tenant["id"])
+            got = pg_request_counts(pg_url, tenant["id"])
             return (
                 f"after {RECOVERY_DEADLINE_S}s: {len(set(want) - set(got))} of {len(want)} records missing; "
                 f"recorder pending={recorder.pending} failures={recorder.failures} dropped={recorder.dropped}"
@@ -191,5 +174,5 @@ def test_no_usage_record_lost_when_postgres_stops_mid_load(cluster: Cluster, gw:
         wait_until(written, RECOVERY_DEADLINE_S, progress)
         wait_until(lambda: anon.get("/readyz").status_code == 200, 10.0, "/readyz stayed 503 with the database back")
         gw.flush_usage()  # settle anything still in flight before the exact comparison
-        assert ledger(pg_url, tenant["id"]) == want, "every request exactly once in the ledger"
+        assert pg_request_counts(pg_url, tenant["id"]) == want, "every request exactly once in the ledger"
         assert (recorder.dropped, recorder.pending) == (0, 0)

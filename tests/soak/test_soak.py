@@ -12,8 +12,6 @@ import os
 import random
 import sqlite3
 import statistics
-import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -23,12 +21,11 @@ import httpx
 import yaml
 
 from tests.fakes.openai_fake import FakeOpenAI
-from tests.support.gateway import free_port
+from tests.support.serve import serving
 
 DURATION_S = float(os.environ.get("AIGW_SOAK_S", "20"))
 CONCURRENCY = 16
 ADMIN = "soak-admin-key-0123456789"
-AIGW = Path(sys.executable).parent / "aigw"
 RSS_GROWTH_LIMIT_MB = 8.0  # last third vs middle third of the run (the first third is warm-up)
 
 
@@ -98,31 +95,14 @@ def test_soak_mixed_traffic(tmp_path: Path) -> None:
     with FakeOpenAI() as oai:
         cfg, db = tmp_path / "soak.yaml", tmp_path / "soak.db"
         write_config(cfg, db, oai)
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        log = (tmp_path / "serve.log").open("wb")
-        proc = subprocess.Popen(
-            [str(AIGW), "serve", "--config", str(cfg), "--host", "127.0.0.1", "--port", str(port)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline and proc.poll() is None, (tmp_path / "serve.log").read_text()
-                time.sleep(0.05)
-            admin = {"authorization": f"Bearer {ADMIN}"}
+        with serving(tmp_path, "--config", str(cfg), admin_key=ADMIN) as gw:
             keys = {
-                "main": httpx.post(url + "/admin/tenants", json={"name": "soak"}, headers=admin).json()["api_key"],
-                "limited": httpx.post(
-                    url + "/admin/tenants", json={"name": "limited", "rate_limit_rpm": 30}, headers=admin
-                ).json()["api_key"],
+                "main": gw.admin("POST", "/admin/tenants", {"name": "soak"}).json()["api_key"],
+                "limited": gw.admin("POST", "/admin/tenants", {"name": "limited", "rate_limit_rpm": 30}).json()[
+                    "api_key"
+                ],
             }
+            pid = gw.proc.pid
             seen: Counter[str] = Counter()
             kinds: Counter[str] = Counter()
             samples: list[tuple[float, float, int]] = []
@@ -130,22 +110,16 @@ def test_soak_mixed_traffic(tmp_path: Path) -> None:
             stop_at = start + DURATION_S
 
             async def run() -> None:
-                workers = [asyncio.create_task(traffic(url, keys, stop_at, seen, kinds)) for _ in range(CONCURRENCY)]
+                workers = [asyncio.create_task(traffic(gw.url, keys, stop_at, seen, kinds)) for _ in range(CONCURRENCY)]
                 while not all(w.done() for w in workers):
-                    samples.append((time.monotonic() - start, proc_rss_mb(proc.pid), open_fds(proc.pid)))
+                    samples.append((time.monotonic() - start, proc_rss_mb(pid), open_fds(pid)))
                     await asyncio.sleep(0.5)
                 await asyncio.gather(*workers)
 
             asyncio.run(run())
             time.sleep(0.1)
-            fds_after = open_fds(proc.pid)
-            proc.terminate()  # SIGTERM: drains, flushes the ledger, exits 0
-            assert proc.wait(30) == 0
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(10)
-            log.close()
+            fds_after = open_fds(pid)
+            assert gw.stop(timeout=30) == 0  # SIGTERM: drains, flushes the ledger, exits 0
 
     # Every mix was exercised: hits, 429s, fallbacks, streams.
     assert any(k.startswith("cached") and k.endswith(":hit") for k in kinds), kinds

@@ -103,7 +103,7 @@ class ChatFastPath:
 
 def _count_unmetered(scope: Scope, status: int, seconds: float) -> None:
     """A chat request refused before it had a tenant still shows in aigw_requests_total (tenant and model "")."""
-    observer = getattr(scope["app"].state.aigw.gateway, "observer", None)
+    observer = scope["app"].state.aigw.gateway.observer
     if observer is not None:
         observer.metrics.request_done(
             tenant="",
