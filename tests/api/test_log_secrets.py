@@ -6,7 +6,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.api.test_cli import ADMIN, serving, sqlite, write_config
+from tests.api.test_cli import sqlite, write_config
+from tests.support.serve import ADMIN, serving
 from tests.fakes import faults
 from tests.fakes.openai_fake import FakeOpenAI
 
