@@ -7,9 +7,9 @@ from pathlib import Path
 import httpx
 
 from tests.api.test_cli import sqlite, write_config
-from tests.support.serve import ADMIN, serving
 from tests.fakes import faults
 from tests.fakes.openai_fake import FakeOpenAI
+from tests.support.serve import ADMIN, serving
 
 UPSTREAM_KEY = "sk-UPSTREAM-SECRET-0123456789abcdef"
 PROMPT = "my-private-prompt-text-4242"
