@@ -34,6 +34,7 @@ class Result:
     latencies: list[float]  # seconds per request (or to the first chunk, for ttfb runs)
     elapsed: float
     errors: int
+    cpu_s: float | None = None  # the measured process's CPU over the run, where the caller measured it
 
     def pct(self, p: float) -> float:
         xs = sorted(self.latencies)

@@ -46,6 +46,7 @@ ROWS = (
     Row("latency p50, c=1", "c1_p50_ms", "ms", 3),
     Row("added latency p50, c=1", "c1_added_p50_ms", "ms", 3, ratio=True),
     Row("added latency p99, c=1", "c1_added_p99_ms", "ms", 3, ratio=True),
+    Row("CPU per request, c=1", "c1_cpu_us_per_req", "µs", 0, ratio=True),
     Row("first chunk p50, c=1 (20-chunk stream)", "ttfc_p50_ms", "ms", 3),
     Row("first-chunk overhead p50, c=1", "ttfc_added_p50_ms", "ms", 3, ratio=True),
     Row("CPU per stream (20 chunks), c=32", "cpu_us_per_stream", "µs", 0, ratio=True),

@@ -7,7 +7,8 @@ time-to-first-chunk overhead and RSS, with issue 8's targets and the peers' figu
 
 Environment: BENCH_PROFILE (embedded | production), BENCH_TRACE (off | a sampling ratio such as 1 or 0.01),
 BENCH_SCALE (default 1.0), BENCH_LIMITS (0: no limits/budget), BENCH_REDIS (empty: in-process state), BENCH_PG,
-BENCH_CACHE (1: response cache on, every request a miss), BENCH_FORWARDER (0: skip the bare forwarder).
+BENCH_CACHE (1: response cache on, every request a miss), BENCH_FORWARDER (0: skip the bare forwarder),
+BENCH_PHASES (a subset of c1,c64,ttfc,streams; default all).
 """
 
 from __future__ import annotations
@@ -37,6 +38,16 @@ BIN = Path(sys.executable).parent
 ADMIN = "bench-admin-key-0123456789"
 CLK = os.sysconf("SC_CLK_TCK")
 PROFILES = ("embedded", "production")
+PHASES = ("c1", "c64", "ttfc", "streams")
+
+
+def _phases(value: str) -> frozenset[str]:
+    chosen = frozenset(p.strip() for p in value.split(",") if p.strip())
+    if not chosen or not chosen <= set(PHASES):
+        raise SystemExit(f"BENCH_PHASES={value!r}: a comma-separated subset of {', '.join(PHASES)}")
+    return chosen
+
+
 DEFAULT_PG = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 DEFAULT_REDIS = "redis://127.0.0.1:6379/14"
 
@@ -51,6 +62,7 @@ class Options:
     pg_url: str  # "" = SQLite; else the server on which a fresh database is made
     cache: bool  # response cache on, every request a miss (lookup + store)
     forwarder: bool  # also measure the bare forwarder
+    phases: frozenset[str] = frozenset(PHASES)  # which measurements to take (all by default)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Options:
@@ -75,6 +87,7 @@ class Options:
             pg_url=environ.get("BENCH_PG", DEFAULT_PG) if prod else "",
             cache=environ.get("BENCH_CACHE", "1" if prod else "0") != "0",
             forwarder=environ.get("BENCH_FORWARDER", "1") != "0",
+            phases=_phases(environ.get("BENCH_PHASES", ",".join(PHASES))),
         )
 
     def describe(self) -> str:
@@ -187,42 +200,74 @@ async def _with_cpu(
     return res, cpu / max(1, len(res.latencies)) * 1e6
 
 
+async def _interleaved(
+    opts: Options, paths: dict[str, Target], *, n_: int, stream: bool = False, rounds: int = 10
+) -> dict[str, Result]:
+    """Concurrency 1, the paths taking turns in ``rounds`` slices: a drift in the machine's speed (this VM's moves
+    by tens of percent over minutes) then weighs on every path alike instead of on whichever ran last."""
+    parts: dict[str, list[Result]] = {name: [] for name in paths}
+    cpu: dict[str, float] = dict.fromkeys(paths, 0.0)
+    size = max(1, n(opts, n_) // rounds)
+    for _ in range(rounds):
+        for name, path in paths.items():
+            cpu0 = cpu_seconds(path.pid) if path.pid else 0.0
+            parts[name].append(
+                await run(path.url, path.key, path.model, n=size, concurrency=1, stream=stream, unique=opts.cache)
+            )
+            cpu[name] += (cpu_seconds(path.pid) - cpu0) if path.pid else 0.0
+    return {
+        name: Result(
+            [x for r in rs for x in r.latencies],
+            sum(r.elapsed for r in rs),
+            sum(r.errors for r in rs),
+            cpu_s=cpu[name] if paths[name].pid else None,
+        )
+        for name, rs in parts.items()
+    }
+
+
 async def measure(opts: Options, paths: dict[str, Target]) -> tuple[dict[str, dict[str, float]], int]:
-    """Each phase runs the paths in turn (direct, forwarder, gateway). Returns the figures by path and how many
-    requests the gateway received."""
+    """Each phase runs the paths in turn (direct, forwarder, gateway); the concurrency-1 phases interleave them.
+    Returns the figures by path and how many requests the gateway received."""
     runs: dict[str, list[Result]] = {name: [] for name in paths}
     for name, path in paths.items():  # warm-up: connection pools, caches, the interpreter's own
         runs[name].append(await _one(opts, path, n_=300, concurrency=8))
         runs[name].append(await _one(opts, path, n_=100, concurrency=2, stream=True))
     figs: dict[str, dict[str, float]] = {name: {} for name in paths}
-    for name, path in paths.items():
-        r = await _one(opts, path, n_=5000, concurrency=1)
-        runs[name].append(r)
-        figs[name] |= {"c1_p50_ms": r.pct(50) * 1000, "c1_p99_ms": r.pct(99) * 1000}
-    for name, path in paths.items():
-        r, cpu_us = await _with_cpu(opts, path, n_=20000, concurrency=64)
-        runs[name].append(r)
-        figs[name] |= {"c64_rps": r.rps, "c64_p99_ms": r.pct(99) * 1000}
-        if path.pid:
-            figs[name] |= {"cpu_us_per_req": cpu_us, "rps_per_core": 1e6 / cpu_us}
-    for name, path in paths.items():
-        r = await _one(opts, path, n_=2000, concurrency=1, stream=True)
-        runs[name].append(r)
-        figs[name]["ttfc_p50_ms"] = r.pct(50) * 1000
-    for name, path in paths.items():
-        if path.pid:  # the direct path has no process of its own to measure
-            r, cpu_us = await _with_cpu(opts, path, n_=4000, concurrency=32, stream=True)
+    if "c1" in opts.phases:
+        for name, r in (await _interleaved(opts, paths, n_=5000)).items():
             runs[name].append(r)
-            figs[name] |= {"cpu_us_per_stream": cpu_us, "streams_per_s": r.rps}
+            figs[name] |= {"c1_p50_ms": r.pct(50) * 1000, "c1_p99_ms": r.pct(99) * 1000}
+            if r.cpu_s is not None:  # at c=1, latency minus this is time spent waiting (Redis, the database)
+                figs[name]["c1_cpu_us_per_req"] = r.cpu_s / max(1, len(r.latencies)) * 1e6
+    if "c64" in opts.phases:
+        for name, path in paths.items():
+            r, cpu_us = await _with_cpu(opts, path, n_=20000, concurrency=64)
+            runs[name].append(r)
+            figs[name] |= {"c64_rps": r.rps, "c64_p99_ms": r.pct(99) * 1000}
+            if path.pid:
+                figs[name] |= {"cpu_us_per_req": cpu_us, "rps_per_core": 1e6 / cpu_us}
+    if "ttfc" in opts.phases:
+        for name, r in (await _interleaved(opts, paths, n_=2000, stream=True)).items():
+            runs[name].append(r)
+            figs[name]["ttfc_p50_ms"] = r.pct(50) * 1000
+    if "streams" in opts.phases:
+        for name, path in paths.items():
+            if path.pid:  # the direct path has no process of its own to measure
+                r, cpu_us = await _with_cpu(opts, path, n_=4000, concurrency=32, stream=True)
+                runs[name].append(r)
+                figs[name] |= {"cpu_us_per_stream": cpu_us, "streams_per_s": r.rps}
     direct = figs["direct"]
     for name, path in paths.items():
         f = figs[name]
         f["errors"] = float(sum(r.errors for r in runs[name]))
         if path.pid:
             f["rss_mb"] = rss_mb(path.pid)
-            f["c1_added_p50_ms"] = f["c1_p50_ms"] - direct["c1_p50_ms"]
-            f["c1_added_p99_ms"] = f["c1_p99_ms"] - direct["c1_p99_ms"]
-            f["ttfc_added_p50_ms"] = f["ttfc_p50_ms"] - direct["ttfc_p50_ms"]
+            for key, base in (("c1_p50_ms", "c1_added_p50_ms"), ("c1_p99_ms", "c1_added_p99_ms")):
+                if key in f:
+                    f[base] = f[key] - direct[key]
+            if "ttfc_p50_ms" in f:
+                f["ttfc_added_p50_ms"] = f["ttfc_p50_ms"] - direct["ttfc_p50_ms"]
     return figs, sum(r.count for r in runs["gateway"])
 
 
@@ -332,7 +377,8 @@ def bench(opts: Options) -> Outcome:
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
     when = datetime.now(UTC).isoformat(timespec="seconds")
-    text = json.dumps({"when": when, "options": asdict(opts), **asdict(result)}, indent=2)
+    options = asdict(opts) | {"phases": sorted(opts.phases)}  # a frozenset is not JSON
+    text = json.dumps({"when": when, "options": options, **asdict(result)}, indent=2)
     (out / "latest.json").write_text(text)
     (out / f"{opts.profile}-trace-{opts.trace}.json").write_text(text)
     return result
@@ -346,7 +392,8 @@ def print_report(opts: Options, result: Outcome) -> None:
         f"{' + OTLP sink' if opts.trace != 'off' else ''} on core 1; one worker; BENCH_SCALE={opts.scale:g}"
     )
     print(report.table(figs, opts.profile))
-    print(report.peers(figs["gateway"]["cpu_us_per_req"], figs.get("forwarder", {}).get("cpu_us_per_req")))
+    if "cpu_us_per_req" in figs["gateway"]:
+        print(report.peers(figs["gateway"]["cpu_us_per_req"], figs.get("forwarder", {}).get("cpu_us_per_req")))
     print_checks(opts, result)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -67,6 +68,18 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         err = InvalidRequest(exc.detail or "Invalid request")
         err.status = exc.status_code  # type: ignore[misc]  # e.g. 405: keep the framework's status
     return error_response(err)
+
+
+def tune_gc() -> None:
+    """The cyclic garbage collector, set for a server whose request path makes no reference cycles (ADR 0010).
+
+    What start-up built lives as long as the process: frozen, no collection walks it again (a full collection took
+    35-50 ms). The young generation's threshold goes from 700 to 50,000 objects: with many requests in flight, the
+    number of live objects swings by hundreds with every request, and each swing up started a collection that
+    walked (and promoted) all in-flight state; measured at concurrency 64, collections took 12 % of the CPU."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 10)
 
 
 def create_app(settings: Settings, config_path: str | None = None) -> Starlette:
@@ -157,6 +170,7 @@ def create_app(settings: Settings, config_path: str | None = None) -> Starlette:
             else None
         )
         log.info("aigw ready: %d providers, %d aliases, %d keys", len(upstreams), len(settings.models), len(keys))
+        tune_gc()
         try:
             yield
         finally:

@@ -141,8 +141,12 @@ class Gateway:
         else:
             cost = self._cost(ctx, target, u) if usage is not None else Decimal(0)
         reservation, ctx.reservation = ctx.reservation, None
-        if reservation is not None or (cost and self.budgets is not None):
-            self._spawn(self._after(ctx.principal.tenant_id, reservation, u.total_tokens, cost))
+        # Bookkeeping after the response, as separate tasks: they start in the same turn of the loop, so with Redis
+        # their commands leave in one write instead of one round trip after the other.
+        if reservation is not None and self.limits is not None:
+            self._spawn(self.limits.settle(reservation, u.total_tokens))
+        if cost and self.budgets is not None:
+            self._spawn(self.budgets.add(ctx.principal.tenant_id, month_of(datetime.now(UTC)), cost))
         self._recorder.record(
             UsageRecord(
                 request_id=ctx.request_id,
@@ -183,13 +187,6 @@ class Gateway:
                 error_type=error.error_type if error else None,
             )
         return cost
-
-    async def _after(self, tenant: str, reservation: Reservation | None, tokens: int, cost: Decimal | None) -> None:
-        """One task per request for the bookkeeping after it: settle the TPM reservation, add to the month's spend."""
-        if reservation is not None and self.limits is not None:
-            await self.limits.settle(reservation, tokens)
-        if cost and self.budgets is not None:
-            await self.budgets.add(tenant, month_of(datetime.now(UTC)), cost)
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         """Bookkeeping after the response (TPM settle, spend totals): a Redis round trip the client need not wait
@@ -381,8 +378,8 @@ class Gateway:
             served = await self._run(ctx, targets, call)
         done = served.value
         cost = self._record(ctx, status=200, target=served.target, usage=done.usage)
-        # Stored before the response goes out (readable once it has completed); not without usage: a hit's saving
-        # would be unknown.
+        # Written before the response goes out, so readable once it has completed (not waiting for Redis's reply:
+        # ADR 0010); not without usage: a hit's saving would be unknown.
         if plan is not None and self.cache is not None and done.usage is not None:
             await self.cache.put(
                 plan,

@@ -84,7 +84,7 @@ def test_month_boundaries_are_utc() -> None:
 
 
 @pytest.mark.redis
-async def test_redis_reads_are_reused_briefly_and_own_spend_shows_at_once(redis_url: str) -> None:
+async def test_redis_totals_are_reused_briefly_and_refreshed_by_own_spend(redis_url: str) -> None:
     clock = [100.0]
     client = Redis.from_url(redis_url)
     try:
@@ -93,10 +93,15 @@ async def test_redis_reads_are_reused_briefly_and_own_spend_shows_at_once(redis_
         assert await a.spent("t", "2026-11") == 0
         await b.add("t", "2026-11", Decimal(5))
         assert await a.spent("t", "2026-11") == 0, "within read_cache_s: the remembered total"
-        await a.add("t", "2026-11", Decimal(1))
-        assert await a.spent("t", "2026-11") == 1, "this replica's own spend counts at once"
         clock[0] += 0.3
-        assert await a.spent("t", "2026-11") == 6, "then Redis is read again"
+        assert await a.spent("t", "2026-11") == 5, "then Redis is read again"
+        await b.add("t", "2026-11", Decimal(2))
+        await a.add("t", "2026-11", Decimal(1))
+        assert await a.spent("t", "2026-11") == 8, "a spend's INCRBY answer brings the total, everyone's included"
+        await b.add("t", "2026-11", Decimal(4))
+        assert await a.spent("t", "2026-11") == 8, "and is remembered as a read is"
+        clock[0] += 0.3
+        assert await a.spent("t", "2026-11") == 12
     finally:
         await client.aclose()
 

@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 
 from aigw.state.cache_memory import CacheStore, MemoryCacheStore
 from aigw.state.cache_redis import RedisCacheStore
+from aigw.state.resp import RespClient
 
 PREFIX = "aigw:test:cache:"
 
@@ -202,5 +203,63 @@ async def test_redis_slow_call_times_out_as_a_miss() -> None:
         assert s.redis_errors == 1
     finally:
         await client.aclose()
+        server.close()
+        await server.wait_closed()
+
+
+# ---- the lean client's SET: written before the caller goes on, its reply not waited for (ADR 0010) --------------
+
+
+@pytest.mark.redis
+async def test_lean_client_set_is_on_the_wire_before_set_returns(redis_url: str) -> None:
+    """What the gateway relies on to answer before Redis does: once ``set`` has returned, a read sent afterwards on
+    another connection (another replica) finds the entry, with no wait for the SET's reply in between."""
+    lean, other = RespClient(redis_url, connect_timeout_s=2), Redis.from_url(redis_url)
+    try:
+        s = RedisCacheStore(lean, prefix=PREFIX)
+        await lean.ping()  # connected: set's only await is then the write
+        for i in range(200):
+            await s.set(f"w{i}", b"v%d" % i, 60)
+            # Written in this very turn of the loop (a response written next in the same turn goes out after it).
+            assert all(not conn._out for conn in lean._slots if conn is not None)
+            assert await other.get(f"{PREFIX}w{i}") == b"v%d" % i
+        assert s.dropped_sets == 0 and s.redis_errors == 0
+    finally:
+        await lean.aclose()
+        await other.aclose()
+
+
+async def test_lean_client_set_whose_reply_fails_is_counted_and_backs_off() -> None:
+    """A SET is sent and then its connection is lost: the reply, which nobody awaits, still counts as a dropped
+    write and puts the store in its back-off, as an awaited failure would."""
+    got_set = asyncio.Event()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        data = await reader.read(1 << 16)
+        if b"PING" in data:
+            writer.write(b"+PONG\r\n")
+            await writer.drain()
+            data = await reader.read(1 << 16)
+        if b"SET" in data:
+            got_set.set()
+        writer.close()  # no reply: the connection is gone
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    lean = RespClient(f"redis://127.0.0.1:{port}/0", connect_timeout_s=2)
+    try:
+        s = RedisCacheStore(lean, prefix=PREFIX, retry_interval_s=60)
+        await lean.ping()
+        await s.set("k", b"v", 60)
+        assert s.dropped_sets == 0, "set returned before any reply"
+        await asyncio.wait_for(got_set.wait(), 5)
+        deadline = asyncio.get_running_loop().time() + 5
+        while s.dropped_sets == 0 and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+        assert s.dropped_sets == 1 and s.redis_errors == 1
+        assert s.degraded, "later calls skip Redis for the back-off"
+        assert await s.get("k") is None and s.skipped_gets == 1
+    finally:
+        await lean.aclose()
         server.close()
         await server.wait_closed()

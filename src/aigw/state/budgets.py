@@ -55,9 +55,11 @@ class MemoryBudgetStore:
 
 
 class RedisBudgetStore:
-    """A tenant's month total read from Redis is reused for ``read_cache_s`` (0.25 s): a budget check per request
-    without a round trip per request. Other replicas' spend is seen that much later (this replica's own spend at
-    once), so a budget can be overshot by at most that long of spending, on top of the one request in flight."""
+    """A tenant's month total seen in Redis is reused for ``read_cache_s`` (0.25 s): a budget check per request
+    without a round trip per request. The total comes from a GET or, for a tenant with traffic here, from each
+    spend's INCRBY answer (everyone's spend included), so under load there are no reads at all. Other replicas'
+    spend is seen at most that much later (this replica's own at once), so a budget can be overshot by at most that
+    long of spending, on top of the one request in flight."""
 
     def __init__(
         self,
@@ -74,7 +76,6 @@ class RedisBudgetStore:
         self._read_cache_s = read_cache_s
         self._monotonic = monotonic
         self._read: dict[tuple[str, str], tuple[float, Decimal]] = {}  # (tenant, month) -> (read until, spent)
-        self._adds: dict[tuple[str, str], int] = {}  # own spends so far: a read that raced one is not remembered
         # No time limit and no back-off: every call tries Redis, and a failure falls back for that call only.
         self._guard = RedisGuard(_warn, op_timeout_s=None, retry_interval_s=0.0)
 
@@ -86,32 +87,41 @@ class RedisBudgetStore:
         return f"{self._prefix}{{{tenant}}}:{month}"
 
     async def spent(self, tenant: str, month: str) -> Decimal:
-        now = self._monotonic()
-        cached = self._read.get((tenant, month))
-        if cached is not None and now < cached[0]:
+        k = (tenant, month)
+        cached = self._read.get(k)
+        if cached is not None and self._monotonic() < cached[0]:
             return cached[1]
-        adds_before = self._adds.get((tenant, month), 0)
         raw = await self._guard.call(lambda: self._redis.get(self._key(tenant, month)))
         if raw is REDIS_DOWN:
             return await self._fallback.spent(tenant, month)
-        value = Decimal(int(raw)) / NANO if raw is not None else Decimal(0)
-        if self._adds.get((tenant, month), 0) != adds_before:
-            return value  # our own spend went in meanwhile: the read may predate it, so it is not remembered
-        if len(self._read) > 100_000:
+        return self._remember(k, Decimal(int(raw)) / NANO if raw is not None else Decimal(0))
+
+    def _remember(self, k: tuple[str, str], total: Decimal) -> Decimal:
+        """Keep a total seen in Redis for ``read_cache_s``. A month's total only grows, so of two fresh values the
+        larger is the later one: a GET that raced an INCRBY (on another connection) cannot hide that spend, and
+        INCRBY replies arriving out of order cannot step back."""
+        now = self._monotonic()
+        cached = self._read.get(k)
+        if cached is not None and now < cached[0]:
+            total = max(total, cached[1])
+        elif len(self._read) > 100_000:
             self._read.clear()
-            self._adds.clear()
-        self._read[(tenant, month)] = (now + self._read_cache_s, value)
-        return value
+        self._read[k] = (now + self._read_cache_s, total)
+        return total
 
     async def add(self, tenant: str, month: str, amount: Decimal) -> None:
+        """INCRBY answers with the total after this spend, everyone's included: it refreshes the remembered total,
+        so a tenant with traffic here has its budget checked without any read."""
         await self._fallback.add(tenant, month, amount)  # kept locally too, for the fallback's sake
-        self._adds[(tenant, month)] = self._adds.get((tenant, month), 0) + 1
-        cached = self._read.get((tenant, month))
-        if cached is not None:  # our own spend shows at once
-            self._read[(tenant, month)] = (cached[0], cached[1] + amount)
         key, nanos = self._key(tenant, month), int(amount * NANO)
         total = await self._guard.call(lambda: self._redis.incrby(key, nanos))
-        if total is not REDIS_DOWN and int(total) == nanos:
+        if total is REDIS_DOWN:
+            cached = self._read.get((tenant, month))
+            if cached is not None:  # our own spend shows at once, even without Redis's answer
+                self._read[(tenant, month)] = (cached[0], cached[1] + amount)
+            return
+        self._remember((tenant, month), Decimal(int(total)) / NANO)
+        if int(total) == nanos:
             # This INCRBY created the counter (no seed for this month yet): give it its expiry, once.
             await self._guard.call(lambda: self._redis.expire(key, TTL_S))
 

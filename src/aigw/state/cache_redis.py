@@ -7,9 +7,12 @@ calls meanwhile skip it instead of paying a timeout each. The request is then si
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from typing import Any
 
 from aigw.state.redis_calls import REDIS_DOWN, GuardedStore, RedisClient, RedisGuard
+from aigw.state.resp import RespClient
 
 __all__ = ["RedisCacheStore"]
 
@@ -42,12 +45,30 @@ class RedisCacheStore(GuardedStore):
         return None
 
     async def set(self, key: str, value: bytes, ttl_s: int) -> None:
+        """Returns once the entry is on its way: with the lean client, when the SET has been written, not when
+        Redis has answered (ADR 0010). A client reading the response this write precedes, then asking any replica,
+        finds the entry: Redis runs the SET before a GET sent after it, whichever connection carries the GET."""
         if ttl_s <= 0:
             return
-        done = await self._guard.call(lambda: self._redis.set(self._key(key), value, ex=ttl_s))
-        if done is not REDIS_DOWN:
+        name = self._key(key)
+        client = self._redis
+        if isinstance(client, RespClient):
+            sent = await self._guard.call(lambda: client.submit("SET", name, value, "EX", ttl_s))
+            if sent is REDIS_DOWN:
+                self.dropped_sets += 1
+            else:
+                sent.add_done_callback(self._stored)
             return
-        self.dropped_sets += 1
+        done = await self._guard.call(lambda: self._redis.set(name, value, ex=ttl_s))
+        if done is REDIS_DOWN:
+            self.dropped_sets += 1
+
+    def _stored(self, reply: asyncio.Future[Any]) -> None:
+        """The SET's reply, after the response went out: a failure is counted as the awaited path counts it."""
+        exc = None if reply.cancelled() else reply.exception()
+        if reply.cancelled() or exc is not None:
+            self.dropped_sets += 1
+            self._guard.failed(exc if exc is not None else asyncio.CancelledError())
 
 
 def _warn(exc: BaseException) -> None:

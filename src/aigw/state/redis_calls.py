@@ -89,10 +89,11 @@ class RedisGuard:
             async with asyncio.timeout(self._op_timeout_s):
                 return await op()
         except (RedisError, OSError, TimeoutError) as exc:
-            self._failed(exc)
+            self.failed(exc)
             return REDIS_DOWN
 
-    def _failed(self, exc: BaseException) -> None:
+    def failed(self, exc: BaseException) -> None:
+        """Count a failure and back off (also for a call whose outcome arrives later, like an unawaited SET)."""
         self.redis_errors += 1
         now = time.monotonic()
         self._skip_until = now + self.retry_interval_s

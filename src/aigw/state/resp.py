@@ -92,21 +92,24 @@ class _Connection(asyncio.Protocol):
             if not future.done():
                 future.set_exception(error)
 
-    def send(self, payload: bytes, count: int) -> list[asyncio.Future[Any]]:
+    def send(self, payload: bytes, count: int, *, now: bool = False) -> list[asyncio.Future[Any]]:
         assert self.transport is not None
         loop = asyncio.get_running_loop()
         futures = [loop.create_future() for _ in range(count)]
         self.waiting.extend(futures)
         # Coalesced: every command issued in this turn of the event loop goes out in one write (one syscall) when
         # the turn ends, instead of a syscall each; the order on the wire is still the order of ``waiting``.
-        if not self._out:
+        # ``now`` writes at once, with what the turn queued before it (so the order still holds).
+        if not self._out and not now:
             loop.call_soon(self._flush)
         self._out.append(payload)
+        if now:
+            self._flush()
         return futures
 
     def _flush(self) -> None:
         out, self._out = self._out, []
-        if self.transport is not None and not self.transport.is_closing():
+        if out and self.transport is not None and not self.transport.is_closing():
             self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
 
@@ -167,6 +170,15 @@ class RespClient:
         conn = await self._connection()
         (future,) = conn.send(_pack(args), 1)
         return await self._wait(conn, future)
+
+    async def submit(self, *args: _Arg) -> asyncio.Future[Any]:
+        """Write the command at once and return the future of its reply without waiting for it: anything the
+        caller writes anywhere afterwards (a response to its client) leaves after the command has been handed to
+        the kernel. Awaiting only reconnects, when the connection is down. The future fails like ``execute``'s
+        would, except that only another command's timeout gives up on a reply that never comes."""
+        conn = await self._connection()
+        (future,) = conn.send(_pack(args), 1, now=True)
+        return future
 
     async def execute_many(self, commands: Sequence[Sequence[_Arg]]) -> list[Any]:
         """Several commands in one write, on one connection (not a transaction: others' commands may interleave)."""

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date
 from decimal import ROUND_HALF_UP, Decimal
+from functools import cache
 from typing import TYPE_CHECKING, Any, Literal
 
 from sqlalchemy import ColumnElement, Select, func, select
@@ -68,18 +69,24 @@ def aggregate(records: Iterable[UsageRecord]) -> list[dict[str, Any]]:
     return [dict(zip(_KEY, key, strict=True)) | dict(zip(_COUNTERS, acc[key], strict=True)) for key in sorted(acc)]
 
 
+@cache
+def _upsert_statement(dialect_name: str) -> Any:
+    """Built once per dialect: constructing it makes thousands of objects in reference cycles (the ``excluded``
+    alias and its columns), which, made per batch, fed the cyclic garbage collector's pauses on the request path."""
+    dialect = postgresql if dialect_name == "postgresql" else sqlite
+    stmt = dialect.insert(usage_daily)
+    cols = usage_daily.c
+    return stmt.on_conflict_do_update(
+        index_elements=[cols[k] for k in _KEY],
+        set_={name: cols[name] + stmt.excluded[name] for name in _COUNTERS},
+    )
+
+
 async def upsert(conn: AsyncConnection, deltas: Sequence[dict[str, Any]]) -> None:
     """Add the deltas to ``usage_daily`` on the caller's transaction."""
     if not deltas:
         return
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    stmt = dialect.insert(usage_daily)
-    cols = usage_daily.c
-    stmt = stmt.on_conflict_do_update(
-        index_elements=[cols[k] for k in _KEY],
-        set_={name: cols[name] + stmt.excluded[name] for name in _COUNTERS},
-    )
-    await conn.execute(stmt, list(deltas))
+    await conn.execute(_upsert_statement(conn.dialect.name), list(deltas))
 
 
 @dataclass(frozen=True, slots=True)
