@@ -5,7 +5,6 @@ resolve the model → run the chain of targets (fallback.py) → meter. Imports 
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -19,6 +18,7 @@ from aigw.config.model import AliasCache
 from aigw.errors import BudgetExceeded, ClientDisconnected, GatewayError
 from aigw.fallback import Chain, ChainFailed
 from aigw.fallback import Served as ServedBy
+from aigw.ids import hex_id
 from aigw.limits import headers_for, refusal
 from aigw.metering import UsageRecorder
 from aigw.observe import Attempt, Observer
@@ -66,7 +66,7 @@ class Served:
 
 
 def new_identity() -> StreamIdentity:
-    return StreamIdentity(id="chatcmpl-" + os.urandom(12).hex(), created=int(time.time()))
+    return StreamIdentity(id="chatcmpl-" + hex_id(12), created=int(time.time()))
 
 
 class _TokensRefused(Exception):

@@ -172,3 +172,23 @@ async def test_a_connection_that_stops_answering_is_replaced(url: str) -> None:
         await c.aclose()
         server.close()
         await server.wait_closed()
+
+
+async def test_the_watchdog_times_out_unawaited_commands_and_stops_when_idle(url: str) -> None:
+    """One watchdog per client bounds every command, a submitted one whose reply nobody awaits included; it is not
+    left running when nothing waits for a reply."""
+    c = RespClient(url, connect_timeout_s=2, command_timeout_s=0.1, connections=1)
+    try:
+        assert await c.ping() is True
+        stuck = asyncio.ensure_future(c.execute("BLPOP", "empty-list", "2"))  # holds the connection's replies
+        await asyncio.sleep(0)
+        submitted = await c.submit("SET", "after-stuck", "1")
+        with pytest.raises(RedisTimeoutError):
+            await stuck
+        with pytest.raises(RedisTimeoutError):
+            await asyncio.wait_for(submitted, 1)
+        assert await c.get("x") is None  # reconnected
+        await asyncio.sleep(0.1)
+        assert c._watchdog is None, "nothing in flight: no timer armed"
+    finally:
+        await c.aclose()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Awaitable, Callable
 
@@ -12,6 +11,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from aigw.api.errors import error_response, handle_unexpected
 from aigw.errors import GatewayError
+from aigw.ids import hex_id
 from aigw.telemetry.tracing import Tracing, set_server_status
 
 REQUEST_ID_KEY = "aigw.request_id"
@@ -39,7 +39,7 @@ class RequestIdMiddleware:
                 rid = _clean(value)
                 break
         if rid is None:
-            rid = os.urandom(16).hex()
+            rid = hex_id(16)
         scope[REQUEST_ID_KEY] = rid
         raw = rid.encode("ascii")
 

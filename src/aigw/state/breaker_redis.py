@@ -77,7 +77,7 @@ class RedisBreakerStore(GuardedStore):
         on_transition: Transition | None = None,
         clock: Callable[[], float] | None = None,
         ttl_s: int | None = None,
-        op_timeout_s: float = 0.25,
+        op_timeout_s: float | None = 0.25,  # None: the client bounds each command (factory.guard_timeout_s)
         retry_interval_s: float = 1.0,
         warn_interval_s: float = 30.0,
         success_flush_s: float = 1.0,

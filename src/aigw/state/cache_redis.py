@@ -25,7 +25,7 @@ class RedisCacheStore(GuardedStore):
         redis: RedisClient,
         *,
         prefix: str = "aigw:cache:",
-        op_timeout_s: float = 0.25,
+        op_timeout_s: float | None = 0.25,  # None: the client bounds each command (factory.guard_timeout_s)
         retry_interval_s: float = 1.0,
     ) -> None:
         self._redis = redis

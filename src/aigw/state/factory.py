@@ -47,10 +47,16 @@ class TransitionCounter:
 def make_redis(url: str, timeout_s: float = REDIS_SOCKET_TIMEOUT_S) -> RedisClient:
     """The lean multiplexed client (resp.py) for plain ``redis://`` URLs; redis-py for anything else (TLS, unix)."""
     if supports(url):
-        # The client's own command timeout fires before the stores' guard (same setting): only the client's drops a
-        # connection that stopped answering; a guard's cancellation cannot tell that from a client going away.
+        # The client's own command timeout (within 0.8-1.0 x the setting) bounds every call; the stores then set no
+        # timer of their own (guard_timeout_s). Only the client can drop a connection that stopped answering.
         return RespClient(url, connect_timeout_s=timeout_s * 0.8, command_timeout_s=timeout_s * 0.8)
     return _redis_py(url, timeout_s)
+
+
+def guard_timeout_s(redis: RedisClient, timeout_s: float) -> float | None:
+    """The stores' own bound on a Redis call: none with the lean client, whose command timeout (shorter, see
+    make_redis) already bounds every command; the same setting otherwise."""
+    return None if isinstance(redis, RespClient) and redis.command_timeout_s is not None else timeout_s
 
 
 def _redis_py(url: str, timeout_s: float) -> Redis:
@@ -84,7 +90,11 @@ def make_breaker(settings: Settings, redis: RedisClient | None, on_transition: T
     if redis is None:
         return local
     return RedisBreakerStore(
-        redis, policy, fallback=local, on_transition=on_transition, op_timeout_s=settings.redis_timeout_s
+        redis,
+        policy,
+        fallback=local,
+        on_transition=on_transition,
+        op_timeout_s=guard_timeout_s(redis, settings.redis_timeout_s),
     )
 
 
@@ -93,7 +103,10 @@ def make_limits(settings: Settings, redis: RedisClient | None) -> LimitStore:
     if redis is None:
         return local
     return RedisLimitStore(
-        redis, fallback=local, fail_open=settings.rate_limits.fail_open, op_timeout_s=settings.redis_timeout_s
+        redis,
+        fallback=local,
+        fail_open=settings.rate_limits.fail_open,
+        op_timeout_s=guard_timeout_s(redis, settings.redis_timeout_s),
     )
 
 
@@ -108,4 +121,4 @@ def make_cache_store(settings: Settings, redis: RedisClient | None) -> CacheStor
         return None
     if redis is None:
         return MemoryCacheStore(settings.cache.max_bytes)
-    return RedisCacheStore(redis, op_timeout_s=settings.redis_timeout_s)
+    return RedisCacheStore(redis, op_timeout_s=guard_timeout_s(redis, settings.redis_timeout_s))

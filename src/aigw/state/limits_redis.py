@@ -48,7 +48,7 @@ class RedisLimitStore(GuardedStore):
         fail_open: bool = True,
         clock: Callable[[], float] | None = None,
         window_s: float = WINDOW_S,
-        op_timeout_s: float = 0.25,
+        op_timeout_s: float | None = 0.25,  # None: the client bounds each command (factory.guard_timeout_s)
         retry_interval_s: float = 1.0,
         warn_interval_s: float = 30.0,
     ) -> None:

@@ -86,6 +86,8 @@ class RedisGuard:
         if self.degraded:
             return REDIS_DOWN
         try:
+            if self._op_timeout_s is None:  # the client bounds each command itself: no timer per call here
+                return await op()
             async with asyncio.timeout(self._op_timeout_s):
                 return await op()
         except (RedisError, OSError, TimeoutError) as exc:

@@ -12,8 +12,11 @@ guards and ``LuaScript``'s NOSCRIPT handling work unchanged), and handles plain 
 keeps redis-py for anything else (TLS, unix sockets). Pub/sub stays on redis-py (keynotices.py).
 
 Failure: a lost connection fails the commands in flight with ``ConnectionError``; the next command reconnects. A
-command given up by its caller (timeout, cancellation) still has its reply read and dropped, so replies never shift
-onto the wrong command.
+command given up by its caller (cancellation) still has its reply read and dropped, so replies never shift onto the
+wrong command. The command timeout is one watchdog per client, not a timer per command (a uvloop timer costs a
+handle allocation and a heap insert): every quarter of the timeout it looks at each connection's oldest unanswered
+command, and a connection that has left one unanswered for longer fails all of its commands with ``TimeoutError``
+and is dropped. A command therefore fails between 1 and 1.25 times the timeout after it was sent.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import contextlib
 import itertools
 import socket
 from collections import deque
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
 from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
@@ -58,6 +61,7 @@ class _Connection(asyncio.Protocol):
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.waiting: deque[asyncio.Future[Any]] = deque()
+        self.sent_at: deque[float] = deque()  # loop time each waiting command was written, in the same order
         self._out: list[bytes] = []  # commands written during this turn of the loop, sent together at its end
         self._reader = hiredis.Reader(replyError=ResponseError)
         self.lost = False
@@ -77,6 +81,7 @@ class _Connection(asyncio.Protocol):
             if not waiting:  # nothing asked for it (never happens without pub/sub): not ours to match
                 continue
             future = waiting.popleft()
+            self.sent_at.popleft()
             if future.done():  # its caller gave up: the reply is read and dropped
                 continue
             if isinstance(reply, ResponseError):
@@ -85,8 +90,11 @@ class _Connection(asyncio.Protocol):
                 future.set_result(reply)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.fail(RedisConnectionError(f"connection to Redis lost: {exc!r}" if exc else "connection to Redis closed"))
+
+    def fail(self, error: Exception) -> None:
         self.lost = True
-        error = RedisConnectionError(f"connection to Redis lost: {exc!r}" if exc else "connection to Redis closed")
+        self.sent_at.clear()
         while self.waiting:
             future = self.waiting.popleft()
             if not future.done():
@@ -97,6 +105,7 @@ class _Connection(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         futures = [loop.create_future() for _ in range(count)]
         self.waiting.extend(futures)
+        self.sent_at.extend([loop.time()] * count)
         # Coalesced: every command issued in this turn of the event loop goes out in one write (one syscall) when
         # the turn ends, instead of a syscall each; the order on the wire is still the order of ``waiting``.
         # ``now`` writes at once, with what the turn queued before it (so the order still holds).
@@ -130,6 +139,7 @@ class RespClient:
         # connection that stopped answering must not keep swallowing commands).
         self._command_timeout_s = command_timeout_s
         self._slots: list[_Connection | None] = [None] * connections
+        self._watchdog: asyncio.TimerHandle | None = None
         self._locks = [asyncio.Lock() for _ in range(connections)]
         self._next = itertools.cycle(range(connections))
 
@@ -166,10 +176,15 @@ class RespClient:
             raise
         return conn
 
+    @property
+    def command_timeout_s(self) -> float | None:
+        return self._command_timeout_s
+
     async def execute(self, *args: _Arg) -> Any:
         conn = await self._connection()
         (future,) = conn.send(_pack(args), 1)
-        return await self._wait(conn, future)
+        self._watch()
+        return await future
 
     async def submit(self, *args: _Arg) -> asyncio.Future[Any]:
         """Write the command at once and return the future of its reply without waiting for it: anything the
@@ -178,25 +193,40 @@ class RespClient:
         would, except that only another command's timeout gives up on a reply that never comes."""
         conn = await self._connection()
         (future,) = conn.send(_pack(args), 1, now=True)
+        self._watch()
         return future
 
     async def execute_many(self, commands: Sequence[Sequence[_Arg]]) -> list[Any]:
         """Several commands in one write, on one connection (not a transaction: others' commands may interleave)."""
         conn = await self._connection()
         futures = conn.send(b"".join(_pack(c) for c in commands), len(commands))
-        return list(await self._wait(conn, asyncio.gather(*futures)))
+        self._watch()
+        return list(await asyncio.gather(*futures))
 
-    async def _wait(self, conn: _Connection, future: Awaitable[Any]) -> Any:
-        if self._command_timeout_s is None:
-            return await future
-        try:
-            async with asyncio.timeout(self._command_timeout_s):
-                return await future
-        except TimeoutError:
-            conn.lost = True  # now, not when the loop gets to connection_lost: the next command must not use it
-            if conn.transport is not None:
-                conn.transport.abort()  # fails the others in flight on it, and the next command reconnects
-            raise RedisTimeoutError(f"no reply from Redis within {self._command_timeout_s}s") from None
+    def _watch(self) -> None:
+        if self._watchdog is None and self._command_timeout_s is not None:
+            self._watchdog = asyncio.get_running_loop().call_later(self._command_timeout_s / 4, self._check)
+
+    def _check(self) -> None:
+        """The watchdog: drop each connection whose oldest unanswered command is older than the timeout; keep
+        watching while any command is unanswered."""
+        self._watchdog = None
+        timeout = self._command_timeout_s
+        assert timeout is not None
+        now = asyncio.get_running_loop().time()
+        waiting = False
+        for conn in self._slots:
+            if conn is None or not conn.sent_at:
+                continue
+            if now - conn.sent_at[0] > timeout:
+                # Failed now, not when the loop gets to connection_lost: the next command must not use it.
+                conn.fail(RedisTimeoutError(f"no reply from Redis within {timeout}s"))
+                if conn.transport is not None:
+                    conn.transport.abort()  # the next command reconnects
+            else:
+                waiting = True
+        if waiting:
+            self._watch()
 
     # -- the subset of redis-py's API the stores use ----------------------------------------------------------
     async def get(self, name: str) -> bytes | None:
@@ -236,6 +266,9 @@ class RespClient:
         return _Pipeline(self)
 
     async def aclose(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         for i, conn in enumerate(self._slots):
             if conn is not None and conn.transport is not None:
                 conn.transport.close()
