@@ -13,9 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from functools import cache
 from typing import Any, Final
 
-from sqlalchemy import Insert, Select, insert, select, union_all, update
+from sqlalchemy import BindParameter, CompoundSelect, Insert, Select, bindparam, insert, select, union_all, update
 from sqlalchemy.engine import RowMapping
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -228,13 +229,8 @@ class TenantRepo:
     async def grants_changed_since(self, since: datetime) -> tuple[list[KeyGrant], datetime]:
         """Keys whose own row or whose tenant's row changed at or after ``since`` minus the sync overlap, revoked
         ones included, and the new high-water mark to pass next time (never earlier than ``since``)."""
-        floor = since - self._overlap
-        query = union_all(
-            _grants().where(api_keys.c.updated_at >= floor),  # uses ix_api_keys_updated_at
-            _grants().where(tenants.c.updated_at >= floor),
-        )
         async with self._engine.connect() as conn:
-            rows = (await conn.execute(query)).mappings().all()
+            rows = (await conn.execute(_changed_since(), {"floor": since - self._overlap})).mappings().all()
         mark = since
         grants: dict[str, KeyGrant] = {}
         for row in rows:
@@ -250,6 +246,17 @@ def _new_key_id() -> str:
 def _insert_key(key_id: str, tenant_id: str, key_hash: str, prefix: str, now: datetime) -> Insert:
     return insert(api_keys).values(
         id=key_id, tenant_id=tenant_id, key_hash=key_hash, prefix=prefix, created_at=now, updated_at=now
+    )
+
+
+@cache
+def _changed_since() -> CompoundSelect[Any]:
+    """Built once: the sync runs every second in every process, and building the statement cost more than running
+    it (it also left reference cycles for the garbage collector)."""
+    floor: BindParameter[datetime] = bindparam("floor")
+    return union_all(
+        _grants().where(api_keys.c.updated_at >= floor),  # uses ix_api_keys_updated_at
+        _grants().where(tenants.c.updated_at >= floor),
     )
 
 
