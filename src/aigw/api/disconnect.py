@@ -5,12 +5,16 @@ watcher reads the ASGI ``receive`` channel (the body has been read already, so t
 ``http.disconnect``) and cancels the handler's task; the handler then sees ``ClientDisconnected``.
 
 The watcher is started only once the work has run for ``WATCH_AFTER_S``: fast requests (most of them, and every
-cache hit) pay for one timer instead of a task, and a slow LLM call is still cancelled within that delay.
+cache hit) pay for no task, and a slow LLM call is still cancelled within that delay (plus at most ``SWEEP_S``).
+Nor does each request set a timer: requests are queued in arrival order, so their start deadlines are in order
+too, and one sweep per event loop, at most every ``SWEEP_S``, starts the watchers of those still running.
 """
 
 from __future__ import annotations
 
 import asyncio
+import weakref
+from collections import deque
 from collections.abc import Awaitable
 from typing import TypeVar
 
@@ -20,35 +24,79 @@ from aigw.errors import ClientDisconnected
 
 T = TypeVar("T")
 WATCH_AFTER_S = 0.2
+SWEEP_S = 0.05
+
+
+class _Watched:
+    __slots__ = ("due", "finished", "gone", "receive", "task", "watcher")
+
+    def __init__(self, task: asyncio.Task[object], receive: Receive, due: float) -> None:
+        self.task: asyncio.Task[object] | None = task
+        self.receive: Receive | None = receive
+        self.due = due
+        self.finished = False
+        self.gone = False
+        self.watcher: asyncio.Task[None] | None = None
+
+    async def watch(self) -> None:
+        receive, task = self.receive, self.task
+        assert receive is not None and task is not None  # only watched while unfinished
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        self.gone = True
+        task.cancel()
+
+    def finish(self) -> None:
+        """The work is over: no watcher from now on, and the request's objects are not kept alive by the queue."""
+        self.finished = True
+        self.task = self.receive = None
+        if self.watcher is not None:
+            self.watcher.cancel()
+
+
+class _Sweeper:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._queue: deque[_Watched] = deque()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, item: _Watched) -> None:
+        self._queue.append(item)
+        if self._timer is None:
+            self._timer = self._loop.call_at(item.due, self._sweep)
+
+    def _sweep(self) -> None:
+        self._timer = None
+        now = self._loop.time()
+        queue = self._queue
+        while queue and queue[0].due <= now:
+            item = queue.popleft()
+            if not item.finished:
+                item.watcher = self._loop.create_task(item.watch())
+        if queue:
+            self._timer = self._loop.call_at(max(queue[0].due, now + SWEEP_S), self._sweep)
+
+
+_sweepers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Sweeper] = weakref.WeakKeyDictionary()
 
 
 async def until_disconnect(receive: Receive, work: Awaitable[T]) -> T:
     task = asyncio.current_task()
     assert task is not None
-    loop = asyncio.get_running_loop()
-    state: dict[str, object] = {}
-
-    async def watch() -> None:
-        while (await receive())["type"] != "http.disconnect":
-            pass
-        state["gone"] = True
-        task.cancel()
-
-    def start_watching() -> None:
-        state["watcher"] = loop.create_task(watch())
-
-    timer = loop.call_later(WATCH_AFTER_S, start_watching)
+    loop = task.get_loop()
+    sweeper = _sweepers.get(loop)
+    if sweeper is None:
+        sweeper = _sweepers[loop] = _Sweeper(loop)
+    item = _Watched(task, receive, loop.time() + WATCH_AFTER_S)
+    sweeper.add(item)
     try:
         return await work
     except asyncio.CancelledError:
-        if "gone" not in state:
+        if not item.gone:
             raise
         task.uncancel()
         gone = ClientDisconnected("The client closed the connection")
         gone.metered = True  # the gateway recorded the cancelled request (its ledger row and metrics) already
         raise gone from None
     finally:
-        timer.cancel()
-        watcher = state.get("watcher")
-        if isinstance(watcher, asyncio.Task):
-            watcher.cancel()
+        item.finish()
