@@ -82,7 +82,9 @@ def tune_gc() -> None:
     gc.set_threshold(50_000, 20, 10)
 
 
-def create_app(settings: Settings, config_path: str | None = None) -> Starlette:
+def create_app(settings: Settings, config_path: str | None = None, *, server_process: bool = False) -> Starlette:
+    """``server_process``: this app owns its process (``aigw serve``), so it may tune process-wide state (the
+    garbage collector); an app built inside another program (the tests) leaves it alone."""
     # Telemetry from the standard environment (OTEL_*, PROMETHEUS_MULTIPROC_DIR): traces only when configured.
     metrics = Metrics.from_env()
     tracing = configure_tracing()
@@ -170,7 +172,8 @@ def create_app(settings: Settings, config_path: str | None = None) -> Starlette:
             else None
         )
         log.info("aigw ready: %d providers, %d aliases, %d keys", len(upstreams), len(settings.models), len(keys))
-        tune_gc()
+        if server_process:
+            tune_gc()
         try:
             yield
         finally:
@@ -226,4 +229,4 @@ def app_from_env() -> Starlette:
     path = os.environ["AIGW_CONFIG"]
     settings = load_settings(path)
     configure_logging(settings.log_level)
-    return create_app(settings, config_path=path)
+    return create_app(settings, config_path=path, server_process=True)

@@ -93,7 +93,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from aigw.telemetry.logs import configure_logging
 
         configure_logging(settings.log_level)  # structured JSON lines, written off the event loop
-        uvicorn.run(create_app(settings, config_path=path), **common)
+        uvicorn.run(create_app(settings, config_path=path, server_process=True), **common)
     return 0
 
 

@@ -73,3 +73,13 @@ async def test_a_finished_request_is_not_kept_alive_by_the_queue() -> None:
     del ch
     gc.collect()
     assert ref() is None
+
+
+def test_a_closed_loop_is_not_kept_alive_by_its_sweeper() -> None:
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(until_disconnect(Channel(), asyncio.sleep(0)))
+    loop.close()
+    ref = weakref.ref(loop)
+    del loop
+    gc.collect()
+    assert ref() is None

@@ -55,26 +55,29 @@ class _Watched:
 
 
 class _Sweeper:
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+    """One per event loop. It does not hold its loop: it is the value of a weak-keyed mapping keyed by the loop."""
+
+    def __init__(self) -> None:
         self._queue: deque[_Watched] = deque()
-        self._timer: asyncio.TimerHandle | None = None
+        self._armed = False  # not the timer handle: it holds the loop, which would keep our weak key alive
 
-    def add(self, item: _Watched) -> None:
+    def add(self, loop: asyncio.AbstractEventLoop, item: _Watched) -> None:
         self._queue.append(item)
-        if self._timer is None:
-            self._timer = self._loop.call_at(item.due, self._sweep)
+        if not self._armed:
+            self._armed = True
+            loop.call_at(item.due, self._sweep, loop)
 
-    def _sweep(self) -> None:
-        self._timer = None
-        now = self._loop.time()
+    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._armed = False
+        now = loop.time()
         queue = self._queue
         while queue and queue[0].due <= now:
             item = queue.popleft()
             if not item.finished:
-                item.watcher = self._loop.create_task(item.watch())
+                item.watcher = loop.create_task(item.watch())
         if queue:
-            self._timer = self._loop.call_at(max(queue[0].due, now + SWEEP_S), self._sweep)
+            self._armed = True
+            loop.call_at(max(queue[0].due, now + SWEEP_S), self._sweep, loop)
 
 
 _sweepers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Sweeper] = weakref.WeakKeyDictionary()
@@ -86,9 +89,9 @@ async def until_disconnect(receive: Receive, work: Awaitable[T]) -> T:
     loop = task.get_loop()
     sweeper = _sweepers.get(loop)
     if sweeper is None:
-        sweeper = _sweepers[loop] = _Sweeper(loop)
+        sweeper = _sweepers[loop] = _Sweeper()
     item = _Watched(task, receive, loop.time() + WATCH_AFTER_S)
-    sweeper.add(item)
+    sweeper.add(loop, item)
     try:
         return await work
     except asyncio.CancelledError:
