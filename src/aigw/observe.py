@@ -187,6 +187,7 @@ class Observer:
                 cost_usd=cost,
                 cache=cache,
                 tenant=tenant,
+                mark_error=False,  # the response status decides (set_server_status): 4xx is the client's
             )
         access_log(
             request_id=request_id,

@@ -109,8 +109,8 @@ class CommittedStream:
                 stream = self._stream
                 attempt.finish(
                     usage=stream.usage,
-                    response_model=getattr(stream, "response_model", None),
-                    finish_reason=getattr(stream, "finish_reason", None),
+                    response_model=stream.response_model,
+                    finish_reason=stream.finish_reason,
                     error=error,
                 )
             self._gw._record(self._ctx, status=status, target=self.target, usage=self._stream.usage, error=error)

@@ -44,7 +44,8 @@ def traced(sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[R
                         {"provider": "dead", "model": "gpt-4o-mini"},
                         {"provider": "oai", "model": "gpt-4o-mini"},
                     ],
-                }
+                },
+                {"name": "dead-only", "targets": [{"provider": "dead", "model": "gpt-4o-mini"}]},
             ],
             "pricing": {"gpt-4o-mini": {"input": 0.15, "output": 0.6}},
         }
@@ -88,6 +89,52 @@ def test_spans_per_attempt_with_genai_attributes_and_trace_context(
     (seen,) = oai.requests
     assert seen.headers["traceparent"] == f"00-{TRACE_ID}-{ok['span_id']}-01"
     assert all("hi" not in str(v) for s in mine for v in s["attributes"].values()), "no message content"
+
+
+def _trace(gw: RunningGateway, otlp: Any, trace_id: str, spans: int) -> list[dict[str, Any]]:
+    tracing = gw.services.gateway.observer.tracing
+    assert tracing is not None and tracing.force_flush()
+    got = otlp.wait_for(lambda s: len([x for x in s if x["trace_id"] == trace_id]) >= spans)
+    return [x for x in got if x["trace_id"] == trace_id]
+
+
+def test_a_streamed_attempt_span_has_the_response_model_and_finish_reason(
+    traced: tuple[RunningGateway, FakeOpenAI, Any],
+) -> None:
+    gw, _, otlp = traced
+    key = gw.new_tenant("traced-stream")["api_key"]
+    trace_id = "5" * 32
+    headers = {"authorization": f"Bearer {key}", "traceparent": f"00-{trace_id}-{PARENT_ID}-01"}
+    body = {"model": "chain", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    with httpx.stream("POST", gw.url + CHAT, json=body, headers=headers, timeout=10) as r:
+        assert r.status_code == 200 and r.read().endswith(b"data: [DONE]\n\n")
+    ok = next(s for s in _trace(gw, otlp, trace_id, 3) if s["attributes"].get("aigw.provider") == "oai")
+    assert ok["attributes"]["gen_ai.response.model"]
+    assert ok["attributes"]["gen_ai.response.finish_reasons"] == ["stop"]
+
+
+def test_server_span_status_a_4xx_is_not_an_error_and_a_5xx_keeps_its_precise_type(
+    traced: tuple[RunningGateway, FakeOpenAI, Any],
+) -> None:
+    gw, _, otlp = traced
+    key = gw.new_tenant("traced-limited", rate_limit_rpm=1)["api_key"]
+    body = {"model": "chain", "messages": [{"role": "user", "content": "hi"}]}
+    refused, failed = "6" * 32, "7" * 32
+    auth = {"authorization": f"Bearer {key}"}
+    assert httpx.post(gw.url + CHAT, json=body, headers=auth, timeout=10).status_code == 200
+    limited = {**auth, "traceparent": f"00-{refused}-{PARENT_ID}-01"}
+    assert httpx.post(gw.url + CHAT, json=body, headers=limited, timeout=10).status_code == 429
+    (server,) = _trace(gw, otlp, refused, 1)
+    assert server["status"] == "UNSET", "a refusal is the client's error, not the server's"
+    assert server["attributes"]["http.response.status_code"] == 429 and server["attributes"]["error.type"]
+
+    key2 = gw.new_tenant("traced-dead")["api_key"]
+    dead = {"authorization": f"Bearer {key2}", "traceparent": f"00-{failed}-{PARENT_ID}-01"}
+    r = httpx.post(gw.url + CHAT, json={**body, "model": "dead-only"}, headers=dead, timeout=10)
+    assert r.status_code >= 500
+    server = next(s for s in _trace(gw, otlp, failed, 2) if s["kind"] == "SERVER")
+    assert server["status"] == "ERROR"
+    assert server["attributes"]["error.type"] == r.json()["error"]["type"], "the gateway's type, not the status"
 
 
 def test_metrics_endpoint_counts_requests_and_tokens(traced: tuple[RunningGateway, FakeOpenAI, Any]) -> None:

@@ -192,3 +192,28 @@ async def test_the_watchdog_times_out_unawaited_commands_and_stops_when_idle(url
         assert c._watchdog is None, "nothing in flight: no timer armed"
     finally:
         await c.aclose()
+
+
+async def test_commands_waiting_on_a_failing_reconnect_fail_with_it() -> None:
+    """A Redis that accepts connections but never answers the handshake: every command waiting for the slot fails
+    within one connect timeout, not one after the other (the k-th after k timeouts)."""
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1 << 16)  # AUTH arrives and is never answered
+        await asyncio.sleep(5)
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    c = RespClient(f"redis://:pw@127.0.0.1:{port}/0", connect_timeout_s=0.2, command_timeout_s=0.2, connections=2)
+    loop = asyncio.get_running_loop()
+    try:
+        started = loop.time()
+        results = await asyncio.gather(*(c.get("k") for _ in range(20)), return_exceptions=True)
+        took = loop.time() - started
+        assert all(isinstance(r, RedisConnectionError | TimeoutError) for r in results), results
+        assert took < 0.35, f"20 commands took {took:.2f}s: the waiters reconnected one after the other"
+    finally:
+        await c.aclose()
+        server.close()
+        await server.wait_closed()

@@ -122,6 +122,14 @@ class UpstreamStream:
     def usage(self) -> Usage | None:
         return self.decoder.usage
 
+    @property
+    def response_model(self) -> str | None:
+        return self.decoder.response_model
+
+    @property
+    def finish_reason(self) -> str | None:
+        return self.decoder.finish_reason
+
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self._gen
 

@@ -47,8 +47,9 @@ class TransitionCounter:
 def make_redis(url: str, timeout_s: float = REDIS_SOCKET_TIMEOUT_S) -> RedisClient:
     """The lean multiplexed client (resp.py) for plain ``redis://`` URLs; redis-py for anything else (TLS, unix)."""
     if supports(url):
-        # The client's own command timeout (within 0.8-1.0 x the setting) bounds every call; the stores then set no
-        # timer of their own (guard_timeout_s). Only the client can drop a connection that stopped answering.
+        # The client's own timeouts bound every call (command: 0.8-1.0 x the setting, plus up to 0.8 x for a call
+        # that must reconnect first); the stores then set no timer of their own (guard_timeout_s). Only the client
+        # can drop a connection that stopped answering.
         return RespClient(url, connect_timeout_s=timeout_s * 0.8, command_timeout_s=timeout_s * 0.8)
     return _redis_py(url, timeout_s)
 

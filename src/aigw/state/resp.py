@@ -141,6 +141,7 @@ class RespClient:
         self._slots: list[_Connection | None] = [None] * connections
         self._watchdog: asyncio.TimerHandle | None = None
         self._locks = [asyncio.Lock() for _ in range(connections)]
+        self._failed_at: list[float | None] = [None] * connections  # when the slot's last reconnect failed
         self._next = itertools.cycle(range(connections))
 
     async def _connection(self) -> _Connection:
@@ -148,10 +149,20 @@ class RespClient:
         conn = self._slots[i]
         if conn is not None and not conn.lost and conn.transport is not None and not conn.transport.is_closing():
             return conn
-        async with self._locks[i]:  # one reconnect per slot, however many commands are waiting for it
+        # One reconnect per slot, however many commands wait for it, and one wait: the commands queued behind a
+        # failed attempt fail with it (until the attempt's own time has passed) instead of each trying again in
+        # turn, the k-th after k connect timeouts.
+        failed_at = self._failed_at[i]
+        async with asyncio.timeout(self._connect_timeout_s), self._locks[i]:
             conn = self._slots[i]
             if conn is None or conn.lost or conn.transport is None or conn.transport.is_closing():
-                conn = await self._connect()
+                if self._failed_at[i] != failed_at:
+                    raise RedisConnectionError(f"cannot connect to Redis at {self._host}:{self._port}")
+                try:
+                    conn = await self._connect()
+                except BaseException:
+                    self._failed_at[i] = asyncio.get_running_loop().time()
+                    raise
                 self._slots[i] = conn
             return conn
 
@@ -189,8 +200,8 @@ class RespClient:
     async def submit(self, *args: _Arg) -> asyncio.Future[Any]:
         """Write the command at once and return the future of its reply without waiting for it: anything the
         caller writes anywhere afterwards (a response to its client) leaves after the command has been handed to
-        the kernel. Awaiting only reconnects, when the connection is down. The future fails like ``execute``'s
-        would, except that only another command's timeout gives up on a reply that never comes."""
+        the kernel. Awaiting only reconnects, when the connection is down. The future fails as ``execute``'s
+        would, the watchdog's timeout included."""
         conn = await self._connection()
         (future,) = conn.send(_pack(args), 1, now=True)
         self._watch()

@@ -162,7 +162,9 @@ def set_server_status(span: Span, status: int, *, error_type: str | None = None)
         return
     span.set_attribute("http.response.status_code", status)
     if status >= 500:
-        span.set_attribute(semconv.ERROR_TYPE, error_type or str(status))
+        # A precise error.type set earlier (the gateway's, e.g. upstream_timeout) is not replaced by the status.
+        if error_type is not None or semconv.ERROR_TYPE not in (getattr(span, "attributes", None) or {}):
+            span.set_attribute(semconv.ERROR_TYPE, error_type or str(status))
         span.set_status(Status(StatusCode.ERROR))
     elif error_type is not None:
         span.set_attribute(semconv.ERROR_TYPE, error_type)
@@ -180,9 +182,11 @@ def set_response_attrs(
     cost_usd: Decimal | None,
     cache: str | None,
     tenant: str | None,
+    mark_error: bool = True,
 ) -> None:
     """Response-side attributes on a client or server span; None values are skipped, and nothing at all is computed
-    for a span that is not recording (unsampled).
+    for a span that is not recording (unsampled). ``mark_error=False`` records ``error.type`` without the ERROR
+    status: on the SERVER span that is set_server_status's call (a 4xx is not a server error).
     """
     if not span.is_recording():
         return
@@ -205,5 +209,6 @@ def set_response_attrs(
         attrs[semconv.AIGW_TENANT] = tenant
     if error_type is not None:
         attrs[semconv.ERROR_TYPE] = error_type
-        span.set_status(Status(StatusCode.ERROR))
+        if mark_error:
+            span.set_status(Status(StatusCode.ERROR))
     span.set_attributes(attrs)
