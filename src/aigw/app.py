@@ -51,7 +51,7 @@ from aigw.store.db import make_engine
 from aigw.store.spend import spend_since
 from aigw.store.tenants import TenantRepo
 from aigw.store.usage import UsageRepo
-from aigw.telemetry.logs import configure_logging
+from aigw.telemetry.logs import configure_logging, set_level
 from aigw.telemetry.metrics import Metrics
 from aigw.telemetry.tracing import configure_tracing
 from aigw.tenancy import KeyCache, KeySync
@@ -92,7 +92,7 @@ def create_app(settings: Settings, config_path: str | None = None, *, server_pro
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        logging.getLogger("aigw").setLevel(settings.log_level.upper())
+        set_level(settings.log_level)
         engine = make_engine(settings.database_url)
         session = make_session()
         events = EventService(settings, engine, metrics=metrics)

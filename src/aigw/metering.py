@@ -75,6 +75,11 @@ class UsageRecorder:
             batch = [self._pending.popleft() for _ in range(min(self._batch, len(self._pending)))]
             try:
                 await self._repo.insert_many(batch)
+            except asyncio.CancelledError:
+                # Shutdown gave up on a hanging write: the batch is pending again (the last flush retries it, and
+                # the shutdown log counts it if that fails too) rather than dropped without a word.
+                self._pending.extendleft(reversed(batch))
+                raise
             except Exception as exc:
                 self._pending.extendleft(reversed(batch))
                 self.failures += 1

@@ -24,6 +24,7 @@ from aigw.pricing import PriceTable
 from aigw.providers import build_upstream
 from aigw.providers.transport import Upstream
 from aigw.routing import Router, Target
+from aigw.telemetry.logs import set_level
 from aigw.telemetry.tracing import Tracing
 
 __all__ = ["RELOADABLE", "reload_from", "router_for", "trace_upstreams"]
@@ -71,7 +72,7 @@ def reload_from(path: str, current: Settings, gateway: Gateway, session: aiohttp
         PriceTable(new.pricing),
         {m.name: m.cache for m in new.models},
     )
-    logging.getLogger("aigw").setLevel(new.log_level.upper())
+    set_level(new.log_level)
     effective = current.model_copy(update={k: getattr(new, k) for k in RELOADABLE})
     log.info("config reloaded: %d providers, %d aliases", len(upstreams), len(new.models))
     return effective

@@ -4,6 +4,8 @@ is secret (tenant ids, not names or keys)."""
 
 from __future__ import annotations
 
+import asyncio
+
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -16,5 +18,6 @@ async def metrics(request: Request) -> Response:
     if observer is None:
         return Response(b"", status_code=404)
     observer.metrics.usage_queue(depth=svc.recorder.pending, dropped_total=svc.recorder.dropped)
-    body, content_type = observer.metrics.render()
+    # Off the event loop: with several workers, rendering reads and merges every worker's files.
+    body, content_type = await asyncio.to_thread(observer.metrics.render)
     return Response(body, headers={"content-type": content_type})

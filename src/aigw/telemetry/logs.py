@@ -137,6 +137,11 @@ def _level(name: str) -> int:
     return value
 
 
+def set_level(level: str) -> None:
+    """The ``aigw`` logger tree's level from the config, unless ``AIGW_LOG_LEVEL`` overrides it (as at start)."""
+    logging.getLogger(ROOT).setLevel(_level(os.environ.get("AIGW_LOG_LEVEL") or level))
+
+
 def configure_logging(level: str, *, stream: TextIO | None = None) -> None:
     """JSON lines for the ``aigw`` logger tree at ``level`` (``AIGW_LOG_LEVEL`` overrides it), written to ``stream``
     (stderr by default) by a background thread. Calling it again only changes the level, unless another stream is

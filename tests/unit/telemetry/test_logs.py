@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from aigw.telemetry.logs import access_log, configure_logging, redact, stop_logging
+from aigw.telemetry.logs import access_log, configure_logging, redact, set_level, stop_logging
 
 
 @pytest.fixture(autouse=True)
@@ -151,3 +151,18 @@ def test_redaction_is_linear_on_long_runs_of_name_characters() -> None:
     out = redact(text)
     assert time.perf_counter() - started < 2.0
     assert out.endswith("api_key=[REDACTED]")
+
+
+def test_set_level_keeps_the_environment_override(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the lifespan and a SIGHUP reload call: the config's level, unless AIGW_LOG_LEVEL says otherwise."""
+    logger = logging.getLogger("aigw")
+    before = logger.level
+    try:
+        monkeypatch.setenv("AIGW_LOG_LEVEL", "error")
+        set_level("info")
+        assert logger.level == logging.ERROR
+        monkeypatch.delenv("AIGW_LOG_LEVEL")
+        set_level("debug")
+        assert logger.level == logging.DEBUG
+    finally:
+        logger.setLevel(before)

@@ -1,0 +1,39 @@
+"""UsageRecorder shutdown when the ledger write hangs: the batch in flight is counted as unwritten, not lost."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import cast
+
+import pytest
+
+from aigw.metering import UsageRecorder
+from aigw.store.usage import UsageRecord, UsageRepo
+from tests.store.test_usage_repo import record
+
+
+class HangingRepo:
+    """A ledger whose writes never finish (a database that stopped answering mid-transaction)."""
+
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+
+    async def insert_many(self, records: Sequence[UsageRecord]) -> None:
+        self.started.set()
+        await asyncio.Event().wait()
+
+
+async def test_a_write_abandoned_at_shutdown_is_counted_as_pending(caplog: pytest.LogCaptureFixture) -> None:
+    repo = HangingRepo()
+    rec = UsageRecorder(cast(UsageRepo, repo), batch_size=5, flush_interval_s=0.01)
+    rec.start()
+    for n in range(7):
+        rec.record(record("t", n))
+    await asyncio.wait_for(repo.started.wait(), 5)
+    with caplog.at_level(logging.ERROR, logger="aigw.metering"):
+        await rec.stop(timeout_s=0.05)
+    assert rec.pending == 7, "the batch the cancelled write held is pending again, with the rest"
+    assert rec.written == 0
+    assert "7 usage records could not be written" in caplog.text
