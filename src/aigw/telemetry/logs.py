@@ -21,7 +21,9 @@ from typing import Any, TextIO
 import orjson
 
 ROOT = "aigw"
-_access = logging.getLogger("aigw.access")
+_ACCESS = "aigw.access"
+_ACCESS_CLIENT_FIELDS = ("request_id", "model")
+_access = logging.getLogger(_ACCESS)
 
 _REDACTED = "[REDACTED]"
 _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
@@ -66,6 +68,15 @@ class RedactingFilter(logging.Filter):
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == _ACCESS:
+            # The access line's fields are typed (access_log's signature); of its strings only two come from the
+            # client (its x-request-id and the model it named). Redacting just those keeps a line to a few µs of
+            # the log thread's time, which it takes from the event loop's (one interpreter lock).
+            for key in _ACCESS_CLIENT_FIELDS:
+                value = record.__dict__.get(key)
+                if isinstance(value, str):
+                    record.__dict__[key] = redact(value)
+            return True
         record.msg = redact(record.getMessage())
         record.args = None
         for key, value in record.__dict__.items():

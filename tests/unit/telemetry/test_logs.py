@@ -166,3 +166,17 @@ def test_set_level_keeps_the_environment_override(monkeypatch: pytest.MonkeyPatc
         assert logger.level == logging.DEBUG
     finally:
         logger.setLevel(before)
+
+
+def test_client_supplied_access_fields_are_redacted() -> None:
+    """The access line redacts what a client chose (its x-request-id, the model it named), nothing else needs it."""
+    buf = io.StringIO()
+    configure_logging("info", stream=buf)
+    access_log(
+        request_id=f"api_key={SECRETS[1]}", tenant="t1", model=SECRETS[0], provider="oai", status=200,
+        latency_ms=1.0, overhead_ms=0.1, prompt_tokens=1, completion_tokens=1, cost_usd=None, cache="miss",
+        stream=False, attempts=1, error_type=None,
+    )  # fmt: skip
+    (line,) = lines(buf)
+    assert SECRETS[0] not in json.dumps(line) and SECRETS[1] not in json.dumps(line)
+    assert line["tenant"] == "t1" and line["provider"] == "oai" and line["status"] == 200
