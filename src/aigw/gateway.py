@@ -38,6 +38,17 @@ CLIENT_CLOSED = ClientDisconnected.status
 T = TypeVar("T")
 
 
+@dataclass(frozen=True, slots=True)
+class Routing:
+    """What a config reload swaps, as one value: a request resolves, runs and is priced on the routing it started
+    with, whatever reload lands while it waits on Redis or an upstream."""
+
+    router: Router
+    upstreams: Mapping[str, Upstream]
+    prices: PriceTable | None
+    chain: Chain
+
+
 @dataclass(slots=True)
 class CallContext:
     principal: Principal
@@ -52,8 +63,8 @@ class CallContext:
     cache: CacheStatus | None = None  # x-aigw-cache once decided; None: the cache does not apply (embeddings)
     target: Target | None = None  # the target whose client error is being returned, for the ledger
     upstream_s: float = 0.0  # time spent waiting on upstreams (the gateway's overhead is the rest)
-    # The price table and providers when the request entered the gateway: a reload does not reprice it.
-    pricing: tuple[PriceTable | None, Mapping[str, Upstream]] | None = None
+    # The routing when the request entered the gateway: a reload neither reroutes nor reprices it.
+    routing: Routing | None = None
     attempts: int = 0
 
 
@@ -97,13 +108,10 @@ class Gateway:
         self.budgets = budgets
         self.cache = cache
         self._background: set[asyncio.Task[None]] = set()
-        self.prices = prices
         self.unpriced = 0  # requests whose model has no price (cost recorded as null, never a made-up 0)
-        self.router = router
-        self.upstreams = upstreams
         self.breaker = breaker
         self._recorder = recorder
-        self._chain = Chain(upstreams, breaker)
+        self.routing = Routing(router, upstreams, prices, Chain(upstreams, breaker))
         self._request_timeout_s = request_timeout_s
 
     def reconfigure(
@@ -114,12 +122,21 @@ class Gateway:
         cache_aliases: Mapping[str, AliasCache],
     ) -> None:
         """Swap in a reloaded config (reload.py). Requests already running keep what they started with."""
-        self.router = router
-        self.upstreams = upstreams
-        self.prices = prices
-        self._chain = Chain(upstreams, self.breaker)
+        self.routing = Routing(router, upstreams, prices, Chain(upstreams, self.breaker))
         if self.cache is not None:
             self.cache.aliases = cache_aliases
+
+    @property
+    def router(self) -> Router:
+        return self.routing.router
+
+    @property
+    def upstreams(self) -> Mapping[str, Upstream]:
+        return self.routing.upstreams
+
+    @property
+    def prices(self) -> PriceTable | None:
+        return self.routing.prices
 
     def _record(
         self,
@@ -227,17 +244,16 @@ class Gateway:
 
     def _cost(self, ctx: CallContext, target: Target | None, usage: Usage) -> Decimal | None:
         cost = self._price(ctx, target, usage)
-        if cost is None and self.prices is not None and target is not None:
+        if cost is None and (ctx.routing or self.routing).prices is not None and target is not None:
             self.unpriced += 1
         return cost
 
     def _price(self, ctx: CallContext, target: Target | None, usage: Usage) -> Decimal | None:
-        # The prices and providers the request started with: a reload while it runs must not reprice it.
-        prices, upstreams = ctx.pricing if ctx.pricing is not None else (self.prices, self.upstreams)
-        upstream = upstreams.get(target.provider) if target is not None else None
-        if prices is None or target is None or upstream is None:
+        routing = ctx.routing or self.routing  # the request's own: a reload while it runs must not reprice it
+        upstream = routing.upstreams.get(target.provider) if target is not None else None
+        if routing.prices is None or target is None or upstream is None:
             return None
-        return prices.cost(upstream.kind, target.model, usage)
+        return routing.prices.cost(upstream.kind, target.model, usage)
 
     async def _attempt(
         self,
@@ -299,7 +315,8 @@ class Gateway:
         """Run the chain; a failure is re-raised as the error to report, with the number of targets tried."""
         deadline = asyncio.get_running_loop().time() + self._request_timeout_s
         try:
-            served = await self._chain.run(targets, deadline, call, hold_on_success=hold_on_success)
+            chain = (ctx.routing or self.routing).chain
+            served = await chain.run(targets, deadline, call, hold_on_success=hold_on_success)
             ctx.attempts = served.attempts
             return served
         except ChainFailed as failed:
@@ -350,7 +367,7 @@ class Gateway:
         return plan, hit
 
     async def chat(self, ctx: CallContext, chat: ChatInput) -> Served:
-        ctx.pricing = (self.prices, self.upstreams)
+        ctx.routing = routing = self.routing
         req = chat.request
 
         async def call(target: Target, upstream: Upstream) -> Completion:
@@ -368,7 +385,7 @@ class Gateway:
             return done
 
         with self._metered(ctx):
-            targets = self.router.resolve(ctx.model)
+            targets = routing.router.resolve(ctx.model)
             plan, hit = await self._enter(ctx, targets, chat)
             if hit is not None:
                 body = hit.body(new_identity())
@@ -394,7 +411,7 @@ class Gateway:
         """Open a stream on the first target that delivers a first chunk (the commit point): every failure before
         it is an ordinary error and falls back; after it, failures become an in-stream error event. A cached answer
         is replayed as a stream instead."""
-        ctx.pricing = (self.prices, self.upstreams)
+        ctx.routing = routing = self.routing
         ident = new_identity()  # one id for the stream, whichever target ends up serving it
 
         req = chat.request
@@ -414,7 +431,7 @@ class Gateway:
             return stream, first, attempt
 
         with self._metered(ctx):
-            targets = self.router.resolve(ctx.model)
+            targets = routing.router.resolve(ctx.model)
             plan, hit = await self._enter(ctx, targets, chat)
             if hit is not None:
                 return ReplayStream(self, ctx, hit, ident, include_usage=chat.request.wants_usage)
@@ -424,7 +441,7 @@ class Gateway:
         return CommittedStream(self, ctx, served.target, stream, first, served.attempts, served.permit, fill, attempt)
 
     async def embed(self, ctx: CallContext, emb: EmbeddingsInput) -> Served:
-        ctx.pricing = (self.prices, self.upstreams)
+        ctx.routing = routing = self.routing
         fmt = emb.request.encoding_format or "float"
 
         async def call(target: Target, upstream: Upstream) -> EmbeddingsResult:
@@ -436,7 +453,7 @@ class Gateway:
             return result
 
         with self._metered(ctx):
-            targets = self.router.resolve(ctx.model)
+            targets = routing.router.resolve(ctx.model)
             await self._admit(ctx)
             served = await self._run(ctx, targets, call)
         cost = self._record(ctx, status=200, target=served.target, usage=served.value.usage)

@@ -52,3 +52,34 @@ def test_a_stream_running_across_a_reload_is_priced_as_it_started(sqlite_url: st
             assert usage_in > 0 and usage_out > 0
             expected = (Decimal(usage_in) * 1 + Decimal(usage_out) * 2) / Decimal(1_000_000)
             assert row["cost_usd"] == expected.quantize(Decimal("1e-9")), "priced at the old table, not null, not x1000"
+
+
+def test_a_reload_landing_during_admission_does_not_reroute_the_request(sqlite_url: str) -> None:
+    """The request resolved its targets before a reload removed their provider, and admission (Redis, the cache)
+    was still running when the reload landed: it is served and priced on the routing it started with."""
+    with FakeOpenAI() as oai:
+        config: dict[str, Any] = {
+            "admin_key": ADMIN_KEY,
+            "database_url": sqlite_url,
+            "usage": {"flush_interval_s": 0.05},
+            "providers": [{"name": "oai", "type": "openai", "base_url": oai.base_url, "api_key": oai.api_key}],
+            "models": [{"name": "gpt", "targets": [{"provider": "oai", "model": "gpt-4o-mini"}]}],
+            "pricing": {"gpt-4o-mini": {"input": 1, "output": 2}},
+        }
+        with RunningGateway(parse_settings(config, env={}), migrate=False) as gw:
+            tenant = gw.new_tenant("reload-admission")
+            gateway = gw.services.gateway
+            enter = gateway._enter
+
+            async def enter_during_a_reload(*args: Any, **kwargs: Any) -> Any:
+                gateway.reconfigure(Router({}, []), {}, PriceTable({}), {})  # every provider and price gone
+                return await enter(*args, **kwargs)
+
+            gateway._enter = enter_during_a_reload
+            body = {"model": "gpt", "messages": [{"role": "user", "content": "hi"}]}
+            headers = {"authorization": f"Bearer {tenant['api_key']}"}
+            r = httpx.post(gw.url + "/v1/chat/completions", json=body, headers=headers, timeout=30)
+            assert r.status_code == 200, r.text
+            assert r.headers["x-aigw-provider"] == "oai"
+            (row,) = wait_for_ledger(gw, tenant["id"], 1)
+            assert row["cost_usd"] is not None and row["cost_usd"] > 0, "priced at the table it started with"
