@@ -72,6 +72,7 @@ def test_spans_per_attempt_with_genai_attributes_and_trace_context(
     (server,) = [s for s in mine if s["kind"] == "SERVER"]
     clients = sorted((s for s in mine if s["kind"] == "CLIENT"), key=lambda s: s["attributes"]["aigw.provider"])
     assert server["parent_span_id"] == PARENT_ID, "the client's traceparent is continued"
+    assert server["name"] == "POST /v1/chat/completions" and server["attributes"]["http.route"] == CHAT
     assert server["attributes"]["http.response.status_code"] == 200
     assert server["attributes"]["aigw.tenant.id"] and server["attributes"]["aigw.cost_usd"] > 0
     assert [c["attributes"]["aigw.provider"] for c in clients] == ["dead", "oai"], "one span per attempt"
@@ -184,3 +185,21 @@ def test_requests_refused_before_a_tenant_is_known_are_counted_once(
     assert (count("", "401"), count("", "400")) == (1, 1)
     assert count(tenant["id"], "404") == 1, "a refusal the gateway metered is not counted a second time"
     assert count("", "404") == 0
+
+
+def test_server_spans_are_named_by_route_template_never_by_raw_path(
+    traced: tuple[RunningGateway, FakeOpenAI, Any],
+) -> None:
+    gw, _, otlp = traced
+    tenant = gw.new_tenant("traced-routes")
+    admin = {"authorization": f"Bearer {ADMIN_KEY}"}
+    cases = {"8" * 32: f"/admin/tenants/{tenant['id']}", "9" * 32: "/no/such/path/123"}
+    for trace_id, path in cases.items():
+        headers = {**admin, "traceparent": f"00-{trace_id}-{PARENT_ID}-01"}
+        httpx.get(gw.url + path, headers=headers, timeout=10)
+    (found,) = _trace(gw, otlp, "8" * 32, 1)
+    assert found["name"] == "GET /admin/tenants/{tenant_id}"
+    assert found["attributes"]["http.route"] == "/admin/tenants/{tenant_id}"
+    assert found["attributes"]["url.path"] == f"/admin/tenants/{tenant['id']}"
+    (unknown,) = _trace(gw, otlp, "9" * 32, 1)
+    assert unknown["name"] == "GET" and "http.route" not in unknown["attributes"]

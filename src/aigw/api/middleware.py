@@ -12,9 +12,18 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from aigw.api.errors import error_response, handle_unexpected
 from aigw.errors import GatewayError
 from aigw.ids import hex_id
-from aigw.telemetry.tracing import Tracing, set_server_status
+from aigw.telemetry.tracing import Tracing, set_server_route, set_server_status
 
 REQUEST_ID_KEY = "aigw.request_id"
+ROUTE_KEY = "aigw.route"
+
+
+def _route_template(scope: Scope) -> str | None:
+    """The matched route's path template (Starlette's router puts the route in the scope), or the fast path's."""
+    template = getattr(scope.get("route"), "path", None)
+    return template if isinstance(template, str) else scope.get(ROUTE_KEY)
+
+
 _MAX_ID = 128
 
 
@@ -64,10 +73,14 @@ class TracingMiddleware:
             await self.app(scope, receive, send)
             return
         path: str = scope["path"]
-        with self.tracing.server_span(scope["method"], path, scope["headers"], path=path) as span:
+        method: str = scope["method"]
+        # Named by the method until routing has run: the raw path (ids, probes of unknown paths) would make span
+        # names and http.route unbounded; the matched route's template replaces it when there is one.
+        with self.tracing.server_span(method, None, scope["headers"], path=path) as span:
 
             async def send_with_status(message: Message) -> None:
                 if message["type"] == "http.response.start":
+                    set_server_route(span, method, _route_template(scope))
                     set_server_status(span, message["status"])
                 await send(message)
 
@@ -87,6 +100,7 @@ class ChatFastPath:
         if scope["type"] != "http" or scope["path"] != "/v1/chat/completions" or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
+        scope[ROUTE_KEY] = "/v1/chat/completions"  # no router ran: the route for the server span's name
         request = Request(scope, receive)
         response: Response | ASGIApp
         started = time.perf_counter()

@@ -82,7 +82,7 @@ class Tracing:
         self._tracer = provider.get_tracer("aigw")
 
     def server_span(
-        self, method: str, route: str, headers: Iterable[tuple[bytes, bytes]], *, path: str | None = None
+        self, method: str, route: str | None, headers: Iterable[tuple[bytes, bytes]], *, path: str | None = None
     ) -> AbstractContextManager[Span]:
         """The request's SERVER span, continuing the client's ``traceparent``/``tracestate`` (raw ASGI headers, names
         lower-cased as ASGI gives them); a root span when there is none or it is malformed.
@@ -91,11 +91,11 @@ class Tracing:
         # Extract onto an empty context, never the current one: a request must not become the child of whatever
         # span happens to be current in the server task.
         parent = _PROPAGATOR.extract(carrier, context=Context())
+        attrs = {"http.request.method": method, "url.path": path or route or "/"}
+        if route is not None:  # a template (``/admin/tenants/{tenant_id}``), never a raw path: names stay bounded
+            attrs["http.route"] = route
         span = self._tracer.start_span(
-            f"{method} {route}",
-            context=parent,
-            kind=SpanKind.SERVER,
-            attributes={"http.request.method": method, "http.route": route, "url.path": path or route},
+            f"{method} {route}" if route else method, context=parent, kind=SpanKind.SERVER, attributes=attrs
         )
         return _guarded(span)
 
@@ -154,6 +154,13 @@ class Tracing:
     def shutdown(self) -> None:
         """Export what is buffered and stop the exporters (lifespan shutdown)."""
         self.provider.shutdown()
+
+
+def set_server_route(span: Span, method: str, route: str | None) -> None:
+    """Name the SERVER span after the matched route's template, once routing has found one."""
+    if route is not None and span.is_recording():
+        span.update_name(f"{method} {route}")
+        span.set_attribute("http.route", route)
 
 
 def set_server_status(span: Span, status: int, *, error_type: str | None = None) -> None:
