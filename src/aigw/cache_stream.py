@@ -103,8 +103,8 @@ class StreamAssembler:
             and all(t.id is not None for c in self._choices.values() for t in c.tool_calls.values())
         )
 
-    def completion(self, ident: StreamIdentity, usage: dict[str, Any]) -> bytes:
-        """The ``ChatCompletion`` body this stream amounts to (call only when :attr:`complete`)."""
+    def choices(self) -> list[dict[str, Any]]:
+        """The ``ChatCompletion`` choices the chunks so far amount to (also of an unfinished stream)."""
         choices = []
         for index in sorted(self._choices):
             c = self._choices[index]
@@ -121,6 +121,11 @@ class StreamAssembler:
                     for _, t in sorted(c.tool_calls.items())
                 ]
             choices.append({"index": index, "message": message, "logprobs": None, "finish_reason": c.finish_reason})
+        return choices
+
+    def completion(self, ident: StreamIdentity, usage: dict[str, Any]) -> bytes:
+        """The ``ChatCompletion`` body this stream amounts to (call only when :attr:`complete`)."""
+        choices = self.choices()
         body: dict[str, Any] = {
             "id": ident.id,
             "object": "chat.completion",

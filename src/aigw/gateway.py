@@ -13,6 +13,8 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, TypeVar
 
+import orjson
+
 from aigw.caching import CachedAnswer, CachePlan, CacheStatus, ResponseCache
 from aigw.config.model import AliasCache
 from aigw.errors import BudgetExceeded, ClientDisconnected, GatewayError
@@ -265,6 +267,7 @@ class Gateway:
         *,
         max_tokens: int | None = None,
         temperature: float | None = None,
+        messages: Sequence[Mapping[str, Any]] | None = None,
     ) -> tuple[T, Attempt | None]:
         """One upstream call, observed: its span is current while it runs (propagated upstream), its time is
         charged to the request. A failed attempt is finished here; a successful one by the caller."""
@@ -275,7 +278,9 @@ class Gateway:
                 return await fn(), None
             finally:
                 ctx.upstream_s += time.perf_counter() - t0
-        attempt = obs.attempt(target, upstream, operation, max_tokens=max_tokens, temperature=temperature)
+        attempt = obs.attempt(
+            target, upstream, operation, max_tokens=max_tokens, temperature=temperature, messages=messages
+        )
         try:
             with attempt.current():
                 value = await fn()
@@ -379,9 +384,16 @@ class Gateway:
                 lambda: upstream.chat(chat, target.model, new_identity()),
                 max_tokens=req.output_limit,
                 temperature=req.temperature,
+                messages=chat.raw["messages"],
             )
             if attempt is not None:
-                attempt.finish(usage=done.usage, response_model=done.response_model, finish_reason=done.finish_reason)
+                attempt.finish(
+                    usage=done.usage,
+                    response_model=done.response_model,
+                    finish_reason=done.finish_reason,
+                    # Parsed back only for opt-in content capture: the body is bytes on the normal path.
+                    choices=orjson.loads(done.body)["choices"] if attempt.captures_content else None,
+                )
             return done
 
         with self._metered(ctx):
@@ -425,6 +437,7 @@ class Gateway:
                 lambda: upstream.open_stream(chat, target.model, ident, include_usage=req.wants_usage),
                 max_tokens=req.output_limit,
                 temperature=req.temperature,
+                messages=chat.raw["messages"],
             )
             if attempt is not None:
                 attempt.first_chunk()

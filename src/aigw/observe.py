@@ -8,9 +8,10 @@ is measured twice. Cheap when off: metrics are a few dict lookups, traces are sk
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from decimal import Decimal
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from opentelemetry import trace
@@ -69,6 +70,12 @@ class Attempt:
         delta, self._charged = elapsed - self._charged, elapsed
         return delta
 
+    @property
+    def captures_content(self) -> bool:
+        """Message contents go on this attempt's span (opt-in: OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT)."""
+        tracing = self._obs.tracing
+        return self._span is not None and tracing is not None and tracing.capture_content
+
     def first_chunk(self) -> None:
         self.first_chunk_s = self.elapsed_s()
 
@@ -79,7 +86,9 @@ class Attempt:
         response_model: str | None = None,
         finish_reason: str | None = None,
         error: BaseException | None = None,
+        choices: Sequence[Mapping[str, Any]] | None = None,
     ) -> None:
+        """``choices``: the answer's ChatCompletion choices, for content capture (given only when it is on)."""
         if self.finished:
             return
         self.finished = True
@@ -100,6 +109,8 @@ class Attempt:
         )
         span = self._span
         if span is not None:
+            if choices is not None and self._obs.tracing is not None:
+                self._obs.tracing.record_output_messages(span, choices)
             set_response_attrs(
                 span,
                 response_model=response_model,
@@ -128,6 +139,7 @@ class Observer:
         *,
         max_tokens: int | None = None,
         temperature: float | None = None,
+        messages: Sequence[Mapping[str, Any]] | None = None,
     ) -> Attempt:
         span = None
         # Parent-based sampling: an attempt of an unsampled request would be unsampled too, so it is not made at all
@@ -142,6 +154,8 @@ class Observer:
                 max_tokens=max_tokens,
                 temperature=temperature,
             )
+            if messages is not None:  # recorded only with content capture on (Tracing decides)
+                self.tracing.record_input_messages(span, messages)
         return Attempt(self, target, upstream, span, operation)
 
     def request(

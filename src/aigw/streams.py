@@ -83,17 +83,24 @@ class CommittedStream:
         self._stream = stream
         self._first: bytes | None = first
         self._fill = fill
+        # Content capture (opt-in) records the answer on the attempt's span: assembled as the cache does.
+        self._said = StreamAssembler() if attempt is not None and attempt.captures_content else None
 
     async def chunks(self) -> AsyncIterator[bytes]:
         fill = self._fill
+        said = self._said
         if self._first is not None:
             first, self._first = self._first, None
             if fill is not None:
                 fill.feed(first)
+            if said is not None:
+                said.feed(first)
             yield first
         async for chunk in self._stream:
             if fill is not None:
                 fill.feed(chunk)
+            if said is not None:
+                said.feed(chunk)
             yield chunk
         if fill is not None:  # only reached when the upstream ended the stream normally
             self._fill = None
@@ -112,6 +119,7 @@ class CommittedStream:
                     response_model=stream.response_model,
                     finish_reason=stream.finish_reason,
                     error=error,
+                    choices=self._said.choices() if self._said is not None else None,
                 )
             self._gw._record(self._ctx, status=status, target=self.target, usage=self._stream.usage, error=error)
             if self._permit is not None:  # the target's verdict is the whole stream's, not its first chunk's

@@ -4,6 +4,7 @@ upstream receives the attempt's; /metrics shows the counters moving; x-aigw-over
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,8 +23,18 @@ CHAT = "/v1/chat/completions"
 
 
 @pytest.fixture
-def traced(sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[RunningGateway, FakeOpenAI, Any]]:
+def capture() -> bool:
+    """Overridden by parametrizing: message-content capture (OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT)."""
+    return False
+
+
+@pytest.fixture
+def traced(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch, capture: bool
+) -> Iterator[tuple[RunningGateway, FakeOpenAI, Any]]:
     with OtlpHttpReceiver() as otlp, FakeOpenAI() as oai:
+        if capture:
+            monkeypatch.setenv("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "true")
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.endpoint)
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
         monkeypatch.setenv("OTEL_TRACES_EXPORTER", "otlp")
@@ -203,3 +214,26 @@ def test_server_spans_are_named_by_route_template_never_by_raw_path(
     assert found["attributes"]["url.path"] == f"/admin/tenants/{tenant['id']}"
     (unknown,) = _trace(gw, otlp, "9" * 32, 1)
     assert unknown["name"] == "GET" and "http.route" not in unknown["attributes"]
+
+
+@pytest.mark.parametrize("capture", [True])
+@pytest.mark.parametrize("stream", [False, True])
+def test_message_contents_on_attempt_spans_when_opted_in(
+    traced: tuple[RunningGateway, FakeOpenAI, Any], stream: bool
+) -> None:
+    """With the standard opt-in, each attempt's span carries the request's messages and the answer it got."""
+    gw, _, otlp = traced
+    key = gw.new_tenant("traced-content")["api_key"]
+    trace_id = ("a" if stream else "b") * 32
+    headers = {"authorization": f"Bearer {key}", "traceparent": f"00-{trace_id}-{PARENT_ID}-01"}
+    body = {"model": "chain", "stream": stream, "messages": [{"role": "user", "content": "the question"}]}
+    with httpx.stream("POST", gw.url + CHAT, json=body, headers=headers, timeout=10) as r:
+        assert r.status_code == 200
+        text = r.read().decode()
+    ok = next(s for s in _trace(gw, otlp, trace_id, 3) if s["attributes"].get("aigw.provider") == "oai")
+    inputs = json.loads(ok["attributes"]["gen_ai.input.messages"])
+    assert inputs == [{"role": "user", "parts": [{"type": "text", "content": "the question"}]}]
+    (answer,) = json.loads(ok["attributes"]["gen_ai.output.messages"])
+    said = answer["parts"][0]["content"]
+    assert answer["role"] == "assistant" and said and answer["finish_reason"] == "stop"
+    assert said in text or all(word in text for word in said.split()), "the answer the client got"
