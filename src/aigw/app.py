@@ -102,6 +102,7 @@ def create_app(settings: Settings, config_path: str | None = None, *, server_pro
             batch_size=settings.usage.batch_size,
             flush_interval_s=settings.usage.flush_interval_s,
             max_pending=settings.usage.max_pending,
+            on_flush=lambda depth, dropped: metrics.usage_queue(depth=depth, dropped_total=dropped),
         )
         upstreams = {p.name: build_upstream(p, session) for p in settings.providers if p.enabled}
         trace_upstreams(upstreams, tracing)

@@ -40,9 +40,8 @@ class KeyNotices:
         self._sync = sync
         self._origin = os.urandom(8).hex()  # our own notices come back to us: skip them
         self._task: asyncio.Task[None] | None = None
-        self._subscribed = asyncio.Event()
+        self.subscribed = False  # the subscription is live (else only the periodic sync sees changes)
         self.received = 0
-        self.publish_errors = 0
 
     async def publish(self, *, revoked: Sequence[str] = (), deleted_tenant: str | None = None) -> None:
         """Tell the other processes; never raises (they still catch up with their periodic sync)."""
@@ -51,7 +50,6 @@ class KeyNotices:
             async with asyncio.timeout(self._publish_timeout_s):
                 await self._redis.publish(CHANNEL, message)
         except (RedisError, OSError, TimeoutError) as exc:
-            self.publish_errors += 1
             log.warning(
                 "could not publish a key change (%s); other processes pick it up by polling", type(exc).__name__
             )
@@ -59,19 +57,12 @@ class KeyNotices:
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._listen(), name="aigw-key-notices")
 
-    async def wait_subscribed(self, timeout_s: float) -> bool:
-        """For start-up and tests: whether the subscription is live."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout_s):
-                await self._subscribed.wait()
-        return self._subscribed.is_set()
-
     async def _listen(self) -> None:
         while True:
             try:
                 async with self._redis.pubsub(ignore_subscribe_messages=True) as pubsub:
                     await pubsub.subscribe(CHANNEL)
-                    self._subscribed.set()
+                    self.subscribed = True
                     # Anything published while we were not subscribed is only seen by a sync: run one now.
                     self._sync.wake()
                     async for message in pubsub.listen():
@@ -81,7 +72,7 @@ class KeyNotices:
                 raise
             except (RedisError, OSError) as exc:
                 log.warning("key-change subscription lost (%s); retrying, polling meanwhile", type(exc).__name__)
-            self._subscribed.clear()
+            self.subscribed = False
             await asyncio.sleep(RECONNECT_S)
 
     def _take(self, data: bytes) -> None:

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from aigw.store.usage import UsageRecord, UsageRepo
@@ -26,11 +27,15 @@ class UsageRecorder:
         batch_size: int = 500,
         flush_interval_s: float = 0.5,
         max_pending: int = 100_000,
+        on_flush: Callable[[int, int], None] | None = None,
     ) -> None:
+        """``on_flush(pending, dropped_total)`` after every flush round (each ``flush_interval_s`` at least): the
+        queue's gauges stay current in every process, whether or not it is the one a scrape reaches."""
         self._repo = repo
         self._batch = batch_size
         self._interval = flush_interval_s
         self._max = max_pending
+        self._on_flush = on_flush
         self._pending: deque[UsageRecord] = deque()
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
@@ -68,6 +73,8 @@ class UsageRecorder:
                 await asyncio.wait_for(self._wake.wait(), timeout=backoff or self._interval)
             self._wake.clear()
             backoff = 0.0 if await self._flush_some() else min(max(backoff * 2, 0.5), 30.0)
+            if self._on_flush is not None:
+                self._on_flush(len(self._pending), self.dropped)
 
     async def _flush_some(self) -> bool:
         """Write everything pending, a batch at a time. False if the database refused (records kept)."""

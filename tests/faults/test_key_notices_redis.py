@@ -38,7 +38,7 @@ def subscribed(gw: RunningGateway, timeout: float = 10.0) -> None:
     notices = gw.services.notices
     assert notices is not None
     deadline = time.monotonic() + timeout
-    while not notices._subscribed.is_set():
+    while not notices.subscribed:
         assert time.monotonic() < deadline, "the key-change subscription did not come up"
         time.sleep(0.01)
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from decimal import Decimal
+from urllib.parse import urlsplit
 
 import pytest
 from redis.asyncio import Redis
@@ -134,3 +136,29 @@ async def test_a_read_that_raced_our_own_spend_is_not_remembered(redis_url: str)
         assert await s.spent("t", "2026-11") == 2, "the stale read must not hide our own spend"
     finally:
         await client.aclose()
+
+
+@pytest.mark.redis
+async def test_a_failed_expire_on_a_new_counter_is_tried_again(redis_url: str) -> None:
+    """The EXPIRE that gives a month's new counter its lifetime failed (here: Redis refuses it to this user, by
+    ACL): the next spend tries again, so the counter does not live forever."""
+    admin = Redis.from_url(redis_url)
+    user = f"aigw-test-noexpire-{uuid.uuid4().hex[:8]}"
+    await admin.execute_command("ACL", "SETUSER", user, "on", "nopass", "~*", "+@all", "-expire")
+    parts = urlsplit(redis_url)
+    limited = Redis.from_url(f"redis://{user}:x@{parts.hostname}:{parts.port or 6379}{parts.path}")
+    key = "aigw:test:exp:{t}:2026-11"
+    try:
+        s = RedisBudgetStore(limited, fallback=MemoryBudgetStore(), prefix="aigw:test:exp:")
+        await admin.delete(key)
+        await s.add("t", "2026-11", Decimal(1))
+        assert await admin.ttl(key) == -1, "created, and its EXPIRE refused"
+        await admin.execute_command("ACL", "SETUSER", user, "+expire")
+        await s.add("t", "2026-11", Decimal(1))
+        assert 0 < await admin.ttl(key) <= 40 * 24 * 3600
+        assert await s.spent("t", "2026-11") == 2
+    finally:
+        await limited.aclose()
+        await admin.execute_command("ACL", "DELUSER", user)
+        await admin.delete(key)
+        await admin.aclose()

@@ -17,7 +17,6 @@ async def metrics(request: Request) -> Response:
     observer = svc.gateway.observer
     if observer is None:
         return Response(b"", status_code=404)
-    observer.metrics.usage_queue(depth=svc.recorder.pending, dropped_total=svc.recorder.dropped)
     # Off the event loop: with several workers, rendering reads and merges every worker's files.
     body, content_type = await asyncio.to_thread(observer.metrics.render)
     return Response(body, headers={"content-type": content_type})

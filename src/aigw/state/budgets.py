@@ -76,6 +76,7 @@ class RedisBudgetStore:
         self._read_cache_s = read_cache_s
         self._monotonic = monotonic
         self._read: dict[tuple[str, str], tuple[float, Decimal]] = {}  # (tenant, month) -> (read until, spent)
+        self._unexpired: set[str] = set()  # counters this process created whose EXPIRE failed
         # No time limit and no back-off: every call tries Redis, and a failure falls back for that call only.
         self._guard = RedisGuard(_warn, op_timeout_s=None, retry_interval_s=0.0)
 
@@ -121,9 +122,14 @@ class RedisBudgetStore:
                 self._read[(tenant, month)] = (cached[0], cached[1] + amount)
             return
         self._remember((tenant, month), Decimal(int(total)) / NANO)
-        if int(total) == nanos:
-            # This INCRBY created the counter (no seed for this month yet): give it its expiry, once.
-            await self._guard.call(lambda: self._redis.expire(key, TTL_S))
+        if int(total) == nanos or key in self._unexpired:
+            # This INCRBY created the counter (no seed for this month yet): give it its expiry, once; a failed
+            # EXPIRE is tried again with the next spend, or the counter would never expire.
+            done = await self._guard.call(lambda: self._redis.expire(key, TTL_S))
+            if done is REDIS_DOWN:
+                self._unexpired.add(key)
+            else:
+                self._unexpired.discard(key)
 
     async def seed(self, month: str, totals: Mapping[str, Decimal]) -> None:
         await self._fallback.seed(month, totals)

@@ -29,8 +29,10 @@ def _exporter(name: str, environ: Mapping[str, str]) -> MetricExporter:
 
 
 class OtelMetrics:
-    """OTel instruments mirroring the Prometheus ones (OTel names and attribute keys, so a collector that converts
-    them to Prometheus produces the same series as ``GET /metrics``).
+    """OTel instruments for the Prometheus ones, under OTel names and attribute keys: the ``gen_ai.*`` instruments
+    follow the GenAI conventions, the ``aigw.*`` ones their own keys (``aigw.tenant.id``,
+    ``http.response.status_code``). Converted to Prometheus by a collector they are not the same series as
+    ``GET /metrics``, which stays the reference for the dashboard.
     """
 
     def __init__(self, environ: Mapping[str, str]) -> None:

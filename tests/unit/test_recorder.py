@@ -1,4 +1,5 @@
-"""UsageRecorder shutdown when the ledger write hangs: the batch in flight is counted as unwritten, not lost."""
+"""UsageRecorder: shutdown when the ledger write hangs (the batch in flight is counted, not lost), and the queue gauges
+reported after every flush round."""
 
 from __future__ import annotations
 
@@ -37,3 +38,34 @@ async def test_a_write_abandoned_at_shutdown_is_counted_as_pending(caplog: pytes
     assert rec.pending == 7, "the batch the cancelled write held is pending again, with the rest"
     assert rec.written == 0
     assert "7 usage records could not be written" in caplog.text
+
+
+class CountingRepo:
+    def __init__(self) -> None:
+        self.rows = 0
+
+    async def insert_many(self, records: Sequence[UsageRecord]) -> None:
+        self.rows += len(records)
+
+
+async def test_queue_gauges_are_reported_after_each_flush_round() -> None:
+    """Every process reports its own queue (not only the one a /metrics scrape reaches)."""
+    reports: list[tuple[int, int]] = []
+    repo = CountingRepo()
+    rec = UsageRecorder(
+        cast(UsageRepo, repo),
+        batch_size=100,
+        flush_interval_s=0.01,
+        max_pending=3,
+        on_flush=lambda *r: reports.append(r),
+    )
+    for n in range(5):  # two over the bound: dropped, oldest first
+        rec.record(record("t", n))
+    rec.start()
+    await rec.flush()
+    deadline = asyncio.get_running_loop().time() + 5
+    while not reports and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.01)
+    await rec.stop()
+    assert repo.rows == 3 and rec.dropped == 2
+    assert reports and reports[-1] == (0, 2)
