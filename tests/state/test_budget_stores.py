@@ -144,7 +144,7 @@ async def test_a_failed_expire_on_a_new_counter_is_tried_again(redis_url: str) -
     ACL): the next spend tries again, so the counter does not live forever."""
     admin = Redis.from_url(redis_url)
     user = f"aigw-test-noexpire-{uuid.uuid4().hex[:8]}"
-    await admin.execute_command("ACL", "SETUSER", user, "on", "nopass", "~*", "+@all", "-expire")
+    await admin.acl_setuser(user, enabled=True, nopass=True, keys=["*"], categories=["+@all"], commands=["-expire"])
     parts = urlsplit(redis_url)
     limited = Redis.from_url(f"redis://{user}:x@{parts.hostname}:{parts.port or 6379}{parts.path}")
     key = "aigw:test:exp:{t}:2026-11"
@@ -153,12 +153,12 @@ async def test_a_failed_expire_on_a_new_counter_is_tried_again(redis_url: str) -
         await admin.delete(key)
         await s.add("t", "2026-11", Decimal(1))
         assert await admin.ttl(key) == -1, "created, and its EXPIRE refused"
-        await admin.execute_command("ACL", "SETUSER", user, "+expire")
+        await admin.acl_setuser(user, enabled=True, nopass=True, commands=["+expire"])
         await s.add("t", "2026-11", Decimal(1))
         assert 0 < await admin.ttl(key) <= 40 * 24 * 3600
         assert await s.spent("t", "2026-11") == 2
     finally:
         await limited.aclose()
-        await admin.execute_command("ACL", "DELUSER", user)
+        await admin.acl_deluser(user)
         await admin.delete(key)
         await admin.aclose()
