@@ -22,11 +22,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, func, insert, not_, select, text, update
+from sqlalchemy import and_, delete, func, not_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from aigw.events.schema import encode
+from aigw.store.bulk import insert_rows
 from aigw.store.tables import usage_event_outbox as outbox
 from aigw.store.tables import usage_event_sinks
 from aigw.store.usage import UsageRecord
@@ -83,17 +84,7 @@ class Outbox:
         rows = [
             (sink, e.event_id, e.tenant_id, created, now, 0, e.body) for sink in self.sinks for e, created in encoded
         ]
-        if conn.dialect.name == "postgresql":
-            # COPY, like the raw usage rows: one round trip for the whole batch, inside the same transaction.
-            driver = (await conn.get_raw_connection()).driver_connection
-            if driver is None:
-                raise RuntimeError("database connection is closed")
-            if not driver.is_in_transaction():
-                # SQLAlchemy sends BEGIN lazily with its first statement; a COPY before it would commit on its own.
-                await conn.execute(text("SELECT 1"))
-            await driver.copy_records_to_table(outbox.name, records=rows, columns=_COPY_COLUMNS)
-        else:
-            await conn.execute(insert(outbox), [dict(zip(_COPY_COLUMNS, row, strict=True)) for row in rows])
+        await insert_rows(conn, outbox, _COPY_COLUMNS, rows)
 
     def add_waker(self, waker: Callable[[], None]) -> None:
         self._wakers.append(waker)

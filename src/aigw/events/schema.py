@@ -18,11 +18,12 @@ from typing import Any
 
 import orjson
 
+from aigw.store.rollups import COST_QUANTUM  # usage_records.cost_usd is NUMERIC(18, 9)
 from aigw.store.usage import UsageRecord
 
 SCHEMA_VERSION = 1
 EVENT_TYPE = "aigw.usage.v1"
-_MONEY_QUANTUM = Decimal(1).scaleb(-9)
+
 # Namespace of the deterministic event ids (uuid5): the same ledger row always yields the same id.
 _EVENT_NAMESPACE = uuid.UUID("6f1d8a52-3c1e-5b7a-9a0e-2f4b8c6d1e90")
 
@@ -41,7 +42,7 @@ def money(value: Decimal | None) -> str | None:
     if value is None:
         return None
     # format(..., "f"): str() would give "0E-9" for zero.
-    return format(Decimal(value).quantize(_MONEY_QUANTUM, rounding=ROUND_HALF_UP), "f")
+    return format(Decimal(value).quantize(COST_QUANTUM, rounding=ROUND_HALF_UP), "f")
 
 
 def event_id(record: UsageRecord) -> str:
@@ -55,11 +56,11 @@ def timestamp(record: UsageRecord) -> str:
     return record.created_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def to_event(record: UsageRecord) -> dict[str, Any]:
+def to_event(record: UsageRecord, eid: str | None = None) -> dict[str, Any]:
     return {
         "type": EVENT_TYPE,
         "schema_version": SCHEMA_VERSION,
-        "event_id": event_id(record),
+        "event_id": eid if eid is not None else event_id(record),
         "request_id": record.request_id,
         "timestamp": timestamp(record),
         "tenant_id": record.tenant_id,
@@ -84,5 +85,5 @@ def to_event(record: UsageRecord) -> dict[str, Any]:
 
 
 def encode(record: UsageRecord) -> EncodedEvent:
-    body = orjson.dumps(to_event(record)).decode()
-    return EncodedEvent(event_id(record), record.tenant_id, body)
+    eid = event_id(record)
+    return EncodedEvent(eid, record.tenant_id, orjson.dumps(to_event(record, eid)).decode())

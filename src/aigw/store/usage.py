@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, date, datetime, time
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 from operator import attrgetter
-from typing import Any, Protocol
+from typing import Protocol
 
-from sqlalchemy import delete, func, select, text
+from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from aigw.store.bulk import insert_rows
 from aigw.store.rollups import GroupBy, aggregate, fetch_totals, money, tenant_name_query, totals_query, upsert
 from aigw.store.tables import usage_daily, usage_records
 
@@ -111,10 +112,7 @@ class UsageRepo:
         if not records:
             return
         async with self._engine.begin() as conn:
-            if conn.dialect.name == "postgresql":
-                await _copy(conn, records)
-            else:
-                await _sqlite_insert(conn, records)
+            await insert_rows(conn, usage_records, _COLUMNS, [_values(r) for r in records])
             # After the raw rows: they validate the batch (NOT NULL, aware datetimes) before it is aggregated.
             await upsert(conn, aggregate(records))
             if self._outbox is not None:
@@ -196,52 +194,3 @@ class UsageRepo:
         query = select(func.count()).select_from(usage_records).where(usage_records.c.tenant_id == tenant_id)
         async with self._engine.connect() as conn:
             return int((await conn.execute(query)).scalar_one())
-
-
-async def _copy(conn: AsyncConnection, records: Sequence[UsageRecord]) -> None:
-    """PostgreSQL fast path: binary COPY through asyncpg (about twice Core's executemany rate).
-
-    COPY is one statement, so the batch is atomic even though it bypasses SQLAlchemy's statement layer (and with it
-    the column types' processing: hence the explicit checks here).
-    """
-    rows: list[tuple[Any, ...]] = []
-    for r in records:
-        if r.created_at.tzinfo is None or r.created_at.utcoffset() is None:
-            raise ValueError(f"naive created_at in usage record {r.request_id!r}: pass an aware datetime")
-        rows.append(_values(r))
-    driver = (await conn.get_raw_connection()).driver_connection  # the asyncpg.Connection under SQLAlchemy
-    if driver is None:
-        raise RuntimeError("database connection is closed")
-    if not driver.is_in_transaction():
-        # SQLAlchemy's asyncpg adapter sends BEGIN lazily, with its first statement: a COPY sent straight to the
-        # driver before any statement would commit on its own, outside the batch's transaction.
-        await conn.execute(text("SELECT 1"))
-    await driver.copy_records_to_table(usage_records.name, records=rows, columns=_COLUMNS)
-
-
-_SQLITE_INSERT = f"INSERT INTO {usage_records.name} ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
-_CREATED_AT = _COLUMNS.index("created_at")
-_MONEY = tuple(_COLUMNS.index(c) for c in ("cost_usd", "saved_cost_usd"))
-_NANO_QUANTUM = Decimal("1e-9")
-
-
-async def _sqlite_insert(conn: AsyncConnection, records: Sequence[UsageRecord]) -> None:
-    """SQLite fast path: one ``executemany`` on the driver, values converted here exactly as the column types store
-    them (``store.types``: naive-UTC text, money as integer nano-dollars). SQLAlchemy's per-value bind processing
-    cost ~17 µs per record on the gateway's own core; this is a few. Same transaction as the rollups (the driver
-    begins it implicitly before the INSERT; the engine commits or rolls back both)."""
-    rows: list[list[Any]] = []
-    for r in records:
-        row = list(_values(r))
-        at = r.created_at
-        if at.tzinfo is None or at.utcoffset() is None:
-            raise ValueError(f"naive created_at in usage record {r.request_id!r}: pass an aware datetime")
-        row[_CREATED_AT] = at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
-        for i in _MONEY:
-            if row[i] is not None:
-                row[i] = int(Decimal(row[i]).quantize(_NANO_QUANTUM, rounding=ROUND_HALF_UP).scaleb(9))
-        rows.append(row)
-    driver = (await conn.get_raw_connection()).driver_connection  # aiosqlite's connection under SQLAlchemy
-    if driver is None:
-        raise RuntimeError("database connection is closed")
-    await driver.executemany(_SQLITE_INSERT, rows)

@@ -1,0 +1,94 @@
+"""Many rows into one table inside the caller's transaction, bypassing SQLAlchemy's per-value processing.
+
+PostgreSQL: a binary COPY through asyncpg (about twice Core's executemany rate). SQLite: one ``executemany`` on the
+driver, with values converted here exactly as ``store.types`` stores them (naive-UTC text for ``UTCDateTime``,
+integer units for ``Money``); SQLAlchemy's bind processing cost ~17 µs per row on the gateway's own core, this a few.
+Used by the usage ledger and the event outbox, both written on every flush.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from decimal import ROUND_HALF_UP, Decimal
+from functools import cache
+from typing import Any
+
+from sqlalchemy import Table, text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from aigw.store.types import Money, UTCDateTime
+
+__all__ = ["insert_rows"]
+
+_Convert = Callable[[Any], Any]
+
+
+async def insert_rows(
+    conn: AsyncConnection, table: Table, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+) -> None:
+    """``rows`` hold Python values in ``columns`` order: aware datetimes, decimals for money."""
+    if not rows:
+        return
+    checks = _aware_checks(table, tuple(columns))
+    driver = (await conn.get_raw_connection()).driver_connection
+    if driver is None:
+        raise RuntimeError("database connection is closed")
+    if conn.dialect.name == "postgresql":
+        # COPY bypasses the column types: the one check they would make (no naive datetimes) is made here.
+        for row in rows:
+            for i in checks:
+                _aware(row[i])
+        if not driver.is_in_transaction():
+            # SQLAlchemy's asyncpg adapter sends BEGIN lazily, with its first statement: a COPY sent straight to the
+            # driver before any statement would commit on its own, outside the caller's transaction.
+            await conn.execute(text("SELECT 1"))
+        await driver.copy_records_to_table(table.name, records=rows, columns=list(columns))
+        return
+    converters = _sqlite_converters(table, tuple(columns))
+    converted = [[v if f is None else f(v) for f, v in zip(converters, row, strict=True)] for row in rows]
+    # The driver begins the transaction implicitly before the INSERT; the caller's engine commits or rolls back.
+    await driver.executemany(_insert_sql(table, tuple(columns)), converted)
+
+
+def _aware(value: datetime | None) -> None:
+    if value is not None and (value.tzinfo is None or value.utcoffset() is None):
+        raise ValueError(f"naive datetime {value!r}: pass an aware datetime (UTC)")
+
+
+def _utc_text(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    _aware(value)
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+
+
+def _units(scale: int) -> _Convert:
+    quantum = Decimal(1).scaleb(-scale)
+
+    def convert(value: Decimal | None) -> int | None:
+        # Half away from zero, as PostgreSQL's numeric rounds (Money.process_bind_param).
+        return None if value is None else int(Decimal(value).quantize(quantum, rounding=ROUND_HALF_UP).scaleb(scale))
+
+    return convert
+
+
+@cache
+def _aware_checks(table: Table, columns: tuple[str, ...]) -> tuple[int, ...]:
+    return tuple(i for i, c in enumerate(columns) if isinstance(table.c[c].type, UTCDateTime))
+
+
+@cache
+def _sqlite_converters(table: Table, columns: tuple[str, ...]) -> tuple[_Convert | None, ...]:
+    out: list[_Convert | None] = []
+    for c in columns:
+        kind = table.c[c].type
+        out.append(
+            _utc_text if isinstance(kind, UTCDateTime) else _units(kind.scale) if isinstance(kind, Money) else None
+        )
+    return tuple(out)
+
+
+@cache
+def _insert_sql(table: Table, columns: tuple[str, ...]) -> str:
+    return f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
