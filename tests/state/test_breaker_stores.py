@@ -73,7 +73,7 @@ class Harness:
         policy: BreakerPolicy = POLICY,
         client: Redis | None = None,
         *,
-        op_timeout_s: float = 0.25,
+        op_timeout_s: float = 5.0,  # generous: a loaded CI host must not send a behaviour test to the fallback
         retry_interval_s: float = 1.0,
     ) -> BreakerStore:
         fallback = MemoryBreakerStore(policy, clock=self.clock, on_transition=self.record)

@@ -41,7 +41,7 @@ async def store(backend: str | None) -> AsyncIterator[CacheStore]:
         return
     client = Redis.from_url(backend)
     try:
-        yield RedisCacheStore(client, prefix=PREFIX)
+        yield RedisCacheStore(client, prefix=PREFIX, op_timeout_s=5.0)
     finally:
         await client.aclose()
 
@@ -138,7 +138,7 @@ async def test_memory_replacing_an_entry_frees_its_bytes() -> None:
 async def test_redis_sets_ttl_and_prefix(redis_url: str) -> None:
     client = Redis.from_url(redis_url)
     try:
-        s = RedisCacheStore(client, prefix=PREFIX)
+        s = RedisCacheStore(client, prefix=PREFIX, op_timeout_s=5.0)
         await s.set("k", b"v", 120)
         ttl = await client.ttl(PREFIX + "k")
         assert 110 <= ttl <= 120
@@ -151,7 +151,7 @@ async def test_redis_sets_ttl_and_prefix(redis_url: str) -> None:
 async def test_redis_entry_expires(redis_url: str) -> None:
     client = Redis.from_url(redis_url)
     try:
-        s = RedisCacheStore(client, prefix=PREFIX)
+        s = RedisCacheStore(client, prefix=PREFIX, op_timeout_s=5.0)
         await s.set("k", b"v", 1)
         assert await s.get("k") == b"v"
         await client.pexpire(PREFIX + "k", 1)  # shorten instead of sleeping through a second
@@ -167,8 +167,8 @@ async def test_redis_entry_expires(redis_url: str) -> None:
 async def test_two_replicas_share_entries(redis_url: str) -> None:
     a, b = Redis.from_url(redis_url), Redis.from_url(redis_url)
     try:
-        await RedisCacheStore(a, prefix=PREFIX).set("k", b"shared", 60)
-        assert await RedisCacheStore(b, prefix=PREFIX).get("k") == b"shared"
+        await RedisCacheStore(a, prefix=PREFIX, op_timeout_s=5.0).set("k", b"shared", 60)
+        assert await RedisCacheStore(b, prefix=PREFIX, op_timeout_s=5.0).get("k") == b"shared"
     finally:
         await a.aclose()
         await b.aclose()
