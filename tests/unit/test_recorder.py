@@ -69,3 +69,43 @@ async def test_queue_gauges_are_reported_after_each_flush_round() -> None:
     await rec.stop()
     assert repo.rows == 3 and rec.dropped == 2
     assert reports and reports[-1] == (0, 2)
+
+
+class ArrivalsDuringWrite:
+    """A ledger during whose first write more records arrive (steady traffic while a batch is being written)."""
+
+    def __init__(self, arrivals: int) -> None:
+        self.batches: list[int] = []
+        self.arrivals = arrivals
+        self.recorder: UsageRecorder | None = None
+
+    async def insert_many(self, records: Sequence[UsageRecord]) -> None:
+        self.batches.append(len(records))
+        if len(self.batches) == 1 and self.recorder is not None:
+            for n in range(self.arrivals):
+                self.recorder.record(record("t", 100 + n))
+        await asyncio.sleep(0)
+
+
+async def test_a_flush_round_does_not_chase_records_that_arrive_while_it_writes() -> None:
+    """Under steady traffic a round that kept writing whatever arrived meanwhile never ended: a transaction of a few
+    rows every few milliseconds. Late arrivals wait for the next round (or a full batch, or a drain)."""
+    repo = ArrivalsDuringWrite(arrivals=3)
+    rounds: list[tuple[int, int]] = []
+    round_done = asyncio.Event()
+
+    def on_flush(pending: int, dropped: int) -> None:
+        rounds.append((pending, dropped))
+        round_done.set()
+
+    rec = UsageRecorder(cast(UsageRepo, repo), batch_size=5, flush_interval_s=60, on_flush=on_flush)
+    repo.recorder = rec
+    rec.start()
+    for n in range(5):  # a full batch wakes the writer at once
+        rec.record(record("t", n))
+    await asyncio.wait_for(round_done.wait(), 5)
+    assert repo.batches == [5] and rec.pending == 3 and rounds == [(3, 0)]
+    await asyncio.wait_for(rec.flush(), 5)  # a drain writes everything, small batches included
+    assert repo.batches == [5, 3] and rec.pending == 0
+    await rec.stop()
+    assert rec.written == 8

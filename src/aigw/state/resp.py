@@ -65,10 +65,18 @@ class _Connection(asyncio.Protocol):
         self._out: list[bytes] = []  # commands written during this turn of the loop, sent together at its end
         self._reader = hiredis.Reader(replyError=ResponseError)
         self.lost = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def pending(self) -> bool:
+        """Commands of this turn of the loop are queued, not yet written."""
+        return bool(self._out)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A stream transport (uvloop's does not subclass asyncio.Transport, so no isinstance check).
         self.transport = cast(asyncio.Transport, transport)
+        # Kept: CPython 3.11's get_running_loop() costs a getpid() system call, and send() runs per command.
+        self._loop = asyncio.get_running_loop()
         sock = transport.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError, AttributeError):  # small writes must not wait for ACKs (Nagle)
@@ -101,8 +109,8 @@ class _Connection(asyncio.Protocol):
                 future.set_exception(error)
 
     def send(self, payload: bytes, count: int, *, now: bool = False) -> list[asyncio.Future[Any]]:
-        assert self.transport is not None
-        loop = asyncio.get_running_loop()
+        assert self.transport is not None and self._loop is not None
+        loop = self._loop
         futures = [loop.create_future() for _ in range(count)]
         self.waiting.extend(futures)
         self.sent_at.extend([loop.time()] * count)
@@ -143,9 +151,15 @@ class RespClient:
         self._locks = [asyncio.Lock() for _ in range(connections)]
         self._failed_at: list[float | None] = [None] * connections  # when the slot's last reconnect failed
         self._next = itertools.cycle(range(connections))
+        self._last = 0
 
     async def _connection(self) -> _Connection:
-        i = next(self._next)
+        # The commands of one turn of the loop share a connection: one write and one read for them all, where
+        # spreading them over the connections costs a system call and a wake-up per connection.
+        conn = self._slots[self._last]
+        if conn is not None and conn.pending and not conn.lost:
+            return conn
+        i = self._last = next(self._next)
         conn = self._slots[i]
         if conn is not None and not conn.lost and conn.transport is not None and not conn.transport.is_closing():
             return conn
