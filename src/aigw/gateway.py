@@ -209,7 +209,12 @@ class Gateway:
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         """Bookkeeping after the response (TPM settle, spend totals): a Redis round trip the client need not wait
-        for. The set keeps the tasks referenced until they finish."""
+        for. The set keeps the tasks referenced until they finish. Started a turn later: a cache store issued after
+        this waits for its turn's Redis write before the response goes out, and these commands would otherwise join
+        that write and hold the response for their own CPU."""
+        asyncio.get_running_loop().call_soon(self._start, work)
+
+    def _start(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)

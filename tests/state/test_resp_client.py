@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -69,6 +70,33 @@ async def test_replies_reach_their_own_commands_under_concurrency(client: RespCl
     assert got == [f"value:{i}".encode() for i in range(500)]
     totals = await asyncio.gather(*(client.incrby("counter", 1) for _ in range(1000)))
     assert sorted(totals) == list(range(1, 1001))
+
+
+async def test_one_turns_commands_share_one_write_and_submit_returns_once_written(client: RespClient) -> None:
+    """Commands issued in one turn of the loop leave in one write on one connection (a system call and a wake-up
+    per turn, not per command or per connection); ``submit`` returns only after its command was written, so what
+    the caller writes next (a response) cannot overtake it."""
+    assert [await client.ping() for _ in range(2)] == [True, True]  # both connections made, one turn each
+    assert all(conn is not None for conn in client._slots)
+    writes: list[bytes] = []
+    for conn in client._slots:  # the default loop's transports take an instance attribute (uvloop's would not)
+        if conn is not None and conn.transport is not None:
+            real = conn.transport.write
+
+            def counting(data: bytes | bytearray | memoryview, real: Any = real) -> None:
+                writes.append(bytes(data))
+                real(data)
+
+            conn.transport.write = counting  # type: ignore[method-assign]
+
+    async def store(key: str) -> Any:
+        reply = await client.submit("SET", key, "v")
+        assert writes, "submit returned before its command was written"
+        return await reply
+
+    results = await asyncio.gather(store("a"), store("b"), client.incrby("n", 2), client.get("a"))
+    assert list(results[:3]) == [b"OK", b"OK", 2]
+    assert len(writes) == 1 and writes[0].count(b"\r\n*") == 3, "four commands, one write"
 
 
 async def test_a_command_given_up_does_not_shift_the_replies(url: str) -> None:

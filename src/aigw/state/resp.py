@@ -66,6 +66,8 @@ class _Connection(asyncio.Protocol):
         self._reader = hiredis.Reader(replyError=ResponseError)
         self.lost = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        # One future per waiter, not one shared: a waiter's cancellation cancels the future it awaits.
+        self._written: list[asyncio.Future[None]] = []  # resolved once this turn's commands are written
 
     @property
     def pending(self) -> bool:
@@ -103,12 +105,13 @@ class _Connection(asyncio.Protocol):
     def fail(self, error: Exception) -> None:
         self.lost = True
         self.sent_at.clear()
+        self._resolve_written()
         while self.waiting:
             future = self.waiting.popleft()
             if not future.done():
                 future.set_exception(error)
 
-    def send(self, payload: bytes, count: int, *, now: bool = False) -> list[asyncio.Future[Any]]:
+    def send(self, payload: bytes, count: int) -> list[asyncio.Future[Any]]:
         assert self.transport is not None and self._loop is not None
         loop = self._loop
         futures = [loop.create_future() for _ in range(count)]
@@ -116,18 +119,32 @@ class _Connection(asyncio.Protocol):
         self.sent_at.extend([loop.time()] * count)
         # Coalesced: every command issued in this turn of the event loop goes out in one write (one syscall) when
         # the turn ends, instead of a syscall each; the order on the wire is still the order of ``waiting``.
-        # ``now`` writes at once, with what the turn queued before it (so the order still holds).
-        if not self._out and not now:
+        if not self._out:
             loop.call_soon(self._flush)
         self._out.append(payload)
-        if now:
-            self._flush()
         return futures
+
+    def written(self) -> asyncio.Future[None]:
+        """Resolved once the commands queued so far have been handed to the kernel (or the connection failed)."""
+        assert self._loop is not None
+        done = self._loop.create_future()
+        if self._out:
+            self._written.append(done)
+        else:
+            done.set_result(None)
+        return done
 
     def _flush(self) -> None:
         out, self._out = self._out, []
         if out and self.transport is not None and not self.transport.is_closing():
             self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+        self._resolve_written()
+
+    def _resolve_written(self) -> None:
+        written, self._written = self._written, []
+        for done in written:
+            if not done.done():
+                done.set_result(None)
 
 
 class RespClient:
@@ -212,13 +229,15 @@ class RespClient:
         return await future
 
     async def submit(self, *args: _Arg) -> asyncio.Future[Any]:
-        """Write the command at once and return the future of its reply without waiting for it: anything the
-        caller writes anywhere afterwards (a response to its client) leaves after the command has been handed to
-        the kernel. Awaiting only reconnects, when the connection is down. The future fails as ``execute``'s
+        """Return the future of the command's reply once the command has been written, without waiting for the
+        reply: anything the caller writes anywhere afterwards (a response to its client) leaves after the command
+        has been handed to the kernel. The write is the turn's coalesced one, so the commands issued in the same
+        turn (other requests', this one's bookkeeping) share its system call. The future fails as ``execute``'s
         would, the watchdog's timeout included."""
         conn = await self._connection()
-        (future,) = conn.send(_pack(args), 1, now=True)
+        (future,) = conn.send(_pack(args), 1)
         self._watch()
+        await conn.written()
         return future
 
     async def execute_many(self, commands: Sequence[Sequence[_Arg]]) -> list[Any]:
