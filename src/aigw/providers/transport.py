@@ -333,7 +333,11 @@ class Upstream:
 def make_session() -> aiohttp.ClientSession:
     # limit=0: concurrency is bounded by the server, not by a pool queue that would add hidden latency.
     connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30)
-    return aiohttp.ClientSession(connector=connector, auto_decompress=True, trust_env=False)
+    # No cookie jar: the session is shared by every tenant, so a cookie one upstream response sets (providers' CDNs
+    # do) must not ride along on other tenants' requests.
+    return aiohttp.ClientSession(
+        connector=connector, auto_decompress=True, trust_env=False, cookie_jar=aiohttp.DummyCookieJar()
+    )
 
 
 async def close_session(session: aiohttp.ClientSession) -> None:
