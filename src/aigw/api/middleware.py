@@ -77,6 +77,9 @@ class TracingMiddleware:
         # Named by the method until routing has run: the raw path (ids, probes of unknown paths) would make span
         # names and http.route unbounded; the matched route's template replaces it when there is one.
         with self.tracing.server_span(method, None, scope["headers"], path=path) as span:
+            if not span.is_recording():  # unsampled: nothing to set on the way out
+                await self.app(scope, receive, send)
+                return
 
             async def send_with_status(message: Message) -> None:
                 if message["type"] == "http.response.start":

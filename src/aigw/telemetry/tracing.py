@@ -14,10 +14,23 @@ from decimal import Decimal
 from typing import Any
 
 import orjson
+from opentelemetry import context as otel_context
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode, use_span
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+from opentelemetry.sdk.trace.sampling import Decision, ParentBased, Sampler, StaticSampler, TraceIdRatioBased
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    Span,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+    set_span_in_context,
+    use_span,
+)
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from aigw.telemetry import content, otel_env, semconv
@@ -49,7 +62,8 @@ def configure_tracing(environ: Mapping[str, str] = os.environ) -> Tracing | None
     names = otel_env.exporters("traces", environ)
     if not names:
         return None
-    provider = TracerProvider(resource=otel_env.resource())  # sampler=None: the SDK reads OTEL_TRACES_SAMPLER
+    # sampler=None: the SDK reads OTEL_TRACES_SAMPLER.
+    provider = TracerProvider(resource=otel_env.resource(), id_generator=PresetIds())
     for name in names:
         provider.add_span_processor(BatchSpanProcessor(_exporter(name, environ)))
     return Tracing(provider, capture_content=otel_env.capture_content(environ))
@@ -73,6 +87,49 @@ def _guarded(span: Span) -> Iterator[Span]:
             raise
 
 
+class PresetIds(RandomIdGenerator):
+    """The SDK's random ids, except that the next trace id can be chosen: the one :class:`Tracing` drew to make a
+    root's sampling decision itself, so the SDK's sampler sees the same id and decides the same."""
+
+    def __init__(self) -> None:
+        self.next_trace_id: int | None = None
+
+    def generate_trace_id(self) -> int:
+        preset, self.next_trace_id = self.next_trace_id, None
+        return preset if preset is not None else super().generate_trace_id()
+
+
+_TRACE_ID_LIMIT = TraceIdRatioBased.TRACE_ID_LIMIT
+
+
+def _root_bound(sampler: Sampler) -> int | None:
+    """The trace-id bound under which a root span is sampled, when the configured sampler decides roots by the trace
+    id alone (the ratio samplers, always_on, always_off, each possibly parent-based); None for anything else."""
+    root = getattr(sampler, "_root", None) if isinstance(sampler, ParentBased) else sampler
+    if isinstance(root, TraceIdRatioBased):
+        return root.bound
+    if isinstance(root, StaticSampler):
+        return _TRACE_ID_LIMIT + 1 if root._decision is Decision.RECORD_AND_SAMPLE else 0
+    return None
+
+
+class _Current:
+    """Makes an unsampled span current (so ``inject`` propagates its trace id and the not-sampled flag); there is
+    nothing to end or record."""
+
+    __slots__ = ("span", "_token")
+
+    def __init__(self, span: Span) -> None:
+        self.span = span
+
+    def __enter__(self) -> Span:
+        self._token = otel_context.attach(set_span_in_context(self.span))
+        return self.span
+
+    def __exit__(self, *exc: object) -> None:
+        otel_context.detach(self._token)
+
+
 class Tracing:
     """Spans for the request path. Not a global: the provider is ours, so tests can build several."""
 
@@ -80,6 +137,16 @@ class Tracing:
         self.provider = provider
         self.capture_content = capture_content
         self._tracer = provider.get_tracer("aigw")
+        # Roots (no incoming traceparent) are most requests, and at a low ratio nearly all unsampled: for them the
+        # trace id is drawn and the ratio applied here, and the SDK's span machinery is skipped (it cost ~10 us a
+        # request). A sampled root goes to the SDK with the same id, so its sampler makes the same decision and
+        # the exported ratio stays exact. Only for samplers that decide by the trace id and ids we can preset.
+        ids = provider.id_generator
+        bound = _root_bound(provider.sampler) if isinstance(ids, PresetIds) else None
+        self._ids = ids if isinstance(ids, PresetIds) else None
+        self._root_bound = bound
+        random_ids = TraceFlags.RANDOM_TRACE_ID if ids.is_trace_id_random() else TraceFlags.DEFAULT
+        self._unsampled_flags = TraceFlags(random_ids)
 
     def server_span(
         self, method: str, route: str | None, headers: Iterable[tuple[bytes, bytes]], *, path: str | None = None
@@ -88,6 +155,13 @@ class Tracing:
         lower-cased as ASGI gives them); a root span when there is none or it is malformed.
         """
         carrier = {_TRACE_HEADERS[k]: v.decode("latin-1") for k, v in headers if k in _TRACE_HEADERS}
+        ids = self._ids
+        if not carrier and ids is not None and self._root_bound is not None:
+            trace_id = ids.generate_trace_id()
+            if trace_id & _TRACE_ID_LIMIT >= self._root_bound:
+                unsampled = SpanContext(trace_id, ids.generate_span_id(), False, self._unsampled_flags)
+                return _Current(NonRecordingSpan(unsampled))
+            ids.next_trace_id = trace_id
         # Extract onto an empty context, never the current one: a request must not become the child of whatever
         # span happens to be current in the server task.
         parent = _PROPAGATOR.extract(carrier, context=Context())
@@ -97,6 +171,8 @@ class Tracing:
         span = self._tracer.start_span(
             f"{method} {route}" if route else method, context=parent, kind=SpanKind.SERVER, attributes=attrs
         )
+        if ids is not None:
+            ids.next_trace_id = None  # not taken (a disabled tracer draws no id): it must not become the next root's
         return _guarded(span)
 
     def start_client_span(

@@ -9,6 +9,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from opentelemetry.sdk.trace.sampling import TraceIdRatioBased
 
 from aigw.telemetry.tracing import Tracing, configure_tracing, set_response_attrs, set_server_status
 from tests.support.otlp import OtlpGrpcReceiver, OtlpHttpReceiver, Record
@@ -190,6 +191,51 @@ def test_sampler_from_env_is_honoured(otlp: OtlpHttpReceiver, monkeypatch: pytes
             assert not span.is_recording()
     finally:
         t.shutdown()
+
+
+@pytest.mark.parametrize("sampler", ["traceidratio", "parentbased_traceidratio"])
+def test_root_sampling_keeps_the_configured_ratio(
+    sampler: str, otlp: OtlpHttpReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Roots are decided by the gateway (the SDK's span machinery is skipped for the unsampled ones): the decision
+    must be the configured sampler's, on the span's own trace id, once (deciding twice would halve the ratio)."""
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", f"{otlp.endpoint}/v1/traces")
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "60000")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", sampler)
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "0.5")
+    t = configure_tracing(os.environ)
+    assert t is not None
+    bound = TraceIdRatioBased(0.5).bound
+    seen: list[tuple[int, bool]] = []
+    try:
+        for _ in range(2000):
+            with t.server_span("POST", None, [(b"content-type", b"application/json")]) as span:
+                ctx = span.get_span_context()
+                seen.append((ctx.trace_id, span.is_recording()))
+                assert ctx.is_valid and ctx.trace_flags.sampled == span.is_recording()
+    finally:
+        t.shutdown()
+    assert all(recording == (trace_id & TraceIdRatioBased.TRACE_ID_LIMIT < bound) for trace_id, recording in seen)
+    assert len({trace_id for trace_id, _ in seen}) == 2000, "every root its own trace"
+    sampled = sum(recording for _, recording in seen)
+    assert 900 <= sampled <= 1100, f"{sampled} of 2000 sampled at ratio 0.5"
+
+
+def test_an_unsampled_root_still_propagates_its_trace(otlp: OtlpHttpReceiver, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", f"{otlp.endpoint}/v1/traces")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_off")
+    t = configure_tracing(os.environ)
+    assert t is not None
+    upstream: dict[str, str] = {}
+    try:
+        with t.server_span("POST", None, []) as span:
+            assert not span.is_recording()
+            t.inject(upstream)
+    finally:
+        t.shutdown()
+    ctx = span.get_span_context()
+    # As the SDK would send it: this trace and span, not sampled, the W3C random-trace-id flag set.
+    assert upstream["traceparent"] == f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-02"
 
 
 def test_errors_are_typed_without_exception_messages(tracing: Tracing, otlp: OtlpHttpReceiver) -> None:
