@@ -117,7 +117,7 @@ class _Current:
     """Makes an unsampled span current (so ``inject`` propagates its trace id and the not-sampled flag); there is
     nothing to end or record."""
 
-    __slots__ = ("span", "_token")
+    __slots__ = ("_token", "span")
 
     def __init__(self, span: Span) -> None:
         self.span = span
