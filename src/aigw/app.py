@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
-import aiohttp
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -36,7 +35,7 @@ from aigw.metering import UsageRecorder, prune_forever
 from aigw.observe import Observer
 from aigw.pricing import PriceTable
 from aigw.providers import build_upstream
-from aigw.providers.transport import close_session, make_session
+from aigw.providers.transport import HttpClients, close_clients, make_clients
 from aigw.reload import reload_from, router_for, trace_upstreams
 from aigw.state.budgets import month_of, month_start
 from aigw.state.factory import (
@@ -94,7 +93,7 @@ def create_app(settings: Settings, config_path: str | None = None, *, server_pro
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         set_level(settings.log_level)
         engine = make_engine(settings.database_url)
-        session = make_session()
+        http = make_clients()
         events = EventService(settings, engine, metrics=metrics)
         tenants, usage = TenantRepo(engine), UsageRepo(engine, outbox=events.outbox)
         recorder = UsageRecorder(
@@ -104,7 +103,7 @@ def create_app(settings: Settings, config_path: str | None = None, *, server_pro
             max_pending=settings.usage.max_pending,
             on_flush=lambda depth, dropped: metrics.usage_queue(depth=depth, dropped_total=dropped),
         )
-        upstreams = {p.name: build_upstream(p, session) for p in settings.providers if p.enabled}
+        upstreams = {p.name: build_upstream(p, http) for p in settings.providers if p.enabled}
         trace_upstreams(upstreams, tracing)
         redis = make_redis(settings.redis_url, settings.redis_timeout_s) if settings.redis_url else None
         transitions = TransitionCounter(metrics)
@@ -162,7 +161,7 @@ def create_app(settings: Settings, config_path: str | None = None, *, server_pro
             log.error("could not load API keys at start (%s); will retry in the background", type(exc).__name__)
         sync.start()
         if config_path is not None:
-            _on_sighup(svc, session)
+            _on_sighup(svc, http)
         if notices is not None:
             notices.start()
         recorder.start()
@@ -188,7 +187,7 @@ def create_app(settings: Settings, config_path: str | None = None, *, server_pro
                 await notices.stop()
             await recorder.stop()  # first: its last records' events go into the outbox
             await events.stop()
-            await close_session(session)
+            await close_clients(http)
             await engine.dispose()
             if redis is not None:
                 await redis.aclose()
@@ -212,14 +211,14 @@ def create_app(settings: Settings, config_path: str | None = None, *, server_pro
     )
 
 
-def _on_sighup(svc: Services, session: aiohttp.ClientSession) -> None:
+def _on_sighup(svc: Services, http: HttpClients) -> None:
     """SIGHUP reloads the config file (reload.py). Only the main thread can own a signal: in a thread (tests,
     embedding) there is no handler and reloading is left to the host."""
     path = svc.config_path
     assert path is not None
 
     def reload() -> None:
-        svc.settings = reload_from(path, svc.settings, svc.gateway, session)
+        svc.settings = reload_from(path, svc.settings, svc.gateway, http)
 
     with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)

@@ -15,14 +15,12 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import aiohttp
-
 from aigw.config import Settings, load_settings
 from aigw.config.loader import ConfigError
 from aigw.gateway import Gateway
 from aigw.pricing import PriceTable
 from aigw.providers import build_upstream
-from aigw.providers.transport import Upstream
+from aigw.providers.transport import HttpClients, Upstream
 from aigw.routing import Router, Target
 from aigw.telemetry.logs import set_level
 from aigw.telemetry.tracing import Tracing
@@ -53,7 +51,7 @@ def _dump(settings: Settings, keys: Iterable[str]) -> dict[str, Any]:
     return settings.model_dump(include=set(keys))
 
 
-def reload_from(path: str, current: Settings, gateway: Gateway, session: aiohttp.ClientSession) -> Settings:
+def reload_from(path: str, current: Settings, gateway: Gateway, http: HttpClients) -> Settings:
     """Read ``path`` and apply what can be applied live; returns the settings now in effect."""
     try:
         new = load_settings(path)
@@ -64,7 +62,7 @@ def reload_from(path: str, current: Settings, gateway: Gateway, session: aiohttp
     restart = sorted(k for k in fixed if _dump(new, [k]) != _dump(current, [k]))
     if restart:
         log.warning("config reload: %s changed but only take effect after a restart", ", ".join(restart))
-    upstreams = {p.name: build_upstream(p, session) for p in new.providers if p.enabled}
+    upstreams = {p.name: build_upstream(p, http) for p in new.providers if p.enabled}
     trace_upstreams(upstreams, gateway.observer.tracing if gateway.observer is not None else None)
     gateway.reconfigure(
         router_for(new),

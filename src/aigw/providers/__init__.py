@@ -6,12 +6,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-import aiohttp
-
 from aigw.config.model import AnthropicProvider, BedrockProvider, OllamaProvider, OpenAIProvider
 from aigw.providers.base import ChatAdapter, Signer
 from aigw.providers.signers import StaticHeaders
-from aigw.providers.transport import Timeouts, Upstream
+from aigw.providers.transport import HttpClients, Timeouts, Upstream
 
 ProviderCfg = OpenAIProvider | AnthropicProvider | BedrockProvider | OllamaProvider
 
@@ -81,7 +79,7 @@ FACTORIES: Mapping[str, Callable[[ProviderCfg], Wiring]] = {
 }
 
 
-def build_upstream(cfg: ProviderCfg, session: aiohttp.ClientSession) -> Upstream:
+def build_upstream(cfg: ProviderCfg, http: HttpClients) -> Upstream:
     w = FACTORIES[cfg.type](cfg)
     return Upstream(
         name=cfg.name,
@@ -95,5 +93,6 @@ def build_upstream(cfg: ProviderCfg, session: aiohttp.ClientSession) -> Upstream
             first_byte_s=cfg.first_byte_timeout_s or cfg.timeout_s,
             stream_s=cfg.stream_timeout_s,
         ),
-        session=session,
+        session=http.session,
+        pool=http.pool,
     )

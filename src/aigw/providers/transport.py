@@ -1,7 +1,8 @@
 """Upstream: the only code that performs upstream HTTP. Owns no translation.
 
-One shared ``aiohttp.ClientSession`` per process (created in the app's lifespan); foreign exceptions are mapped
-onto the gateway's error tree here and nowhere else.
+Per process (created in the app's lifespan): one ``aiohttp.ClientSession`` for streams and one lean HTTP/1.1 pool
+(``http1.py``, ADR 0011) for every other exchange; foreign exceptions are mapped onto the gateway's error tree here
+and nowhere else.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
@@ -32,6 +34,9 @@ from aigw.providers.base import (
     UpstreamRequest,
 )
 from aigw.providers.framing import make_parser
+from aigw.providers.http1 import ConnectFailed, Http1Pool, TimedOut
+from aigw.providers.http1 import HttpError as LeanHttpError
+from aigw.providers.sigv4 import host_header
 from aigw.schema.usage import Usage
 
 _USER_AGENT = f"aigw/{__version__}"
@@ -199,20 +204,30 @@ class Upstream:
         signer: Signer | None,
         timeouts: Timeouts,
         session: aiohttp.ClientSession,
+        pool: Http1Pool | None = None,
     ) -> None:
+        """``pool`` serves the non-streaming exchanges (streams use ``session``); None: ``session`` serves all."""
         self.name = name
         self.kind = kind
         self.base_url = base_url.rstrip("/")
         self.adapter = adapter
         self._signer = signer
         self._session = session
+        self._origin: tuple[str, str, int, str, int] | None = None  # scheme, host, port, Host header, prefix length
+        parts = urlsplit(self.base_url)
+        if pool is not None and parts.scheme in ("http", "https") and parts.hostname and "@" not in parts.netloc:
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+            prefix = len(f"{parts.scheme}://{parts.netloc}")
+            self._origin = (parts.scheme, parts.hostname, port, host_header(self.base_url), prefix)
+        self._pool = pool if self._origin is not None else None
         self.timeouts = timeouts
         # Adds the current trace context (traceparent) to each request; None when tracing is off (app.py sets it).
         self.trace_inject: Callable[[dict[str, str]], None] | None = None
         # Streamed: aiohttp bounds connecting and each silence between reads; the first chunk is bounded with an
         # asyncio timeout (it spans several reads) and the whole stream with one timer (UpstreamStream).
-        # Non-streamed: aiohttp's own timers (one per request) bound connect, each read (the first one is the
-        # response headers) and the whole exchange.
+        # Non-streamed, on aiohttp (no lean pool, or an origin it does not serve): aiohttp's own timers bound
+        # connect, each read (the first one is the response headers) and the whole exchange. On the lean pool
+        # (http1.py): connect, the first byte and the whole exchange, with one timer.
         self._timeout = aiohttp.ClientTimeout(
             total=timeouts.total_s, sock_connect=timeouts.connect_s, sock_read=timeouts.first_byte_s
         )
@@ -262,12 +277,46 @@ class Upstream:
         return max(t.total_s, t.first_byte_s) + t.connect_s
 
     async def _read(self, up: UpstreamRequest) -> bytes:
+        if self._pool is not None:
+            return await self._read_lean(up, self._pool)
         resp = await self._send(up, self._timeout)
         with map_transport_errors(self.name):
             try:
                 return await resp.read()
             finally:
                 resp.release()
+
+    async def _read_lean(self, up: UpstreamRequest, pool: Http1Pool) -> bytes:
+        """``_read`` on the lean client (http1.py): the same bounds, errors and messages as on aiohttp."""
+        url, headers = self._prepare(up)
+        assert self._origin is not None
+        scheme, host, port, host_value, prefix = self._origin
+        if "host" not in headers:  # SigV4 sets (and signs) it; the same value
+            headers["host"] = host_value
+        t = self.timeouts
+        name = self.name
+        try:
+            resp = await pool.request(
+                up.method, scheme, host, port, url[prefix:], headers, up.body,
+                connect_s=t.connect_s, first_byte_s=t.first_byte_s, total_s=t.total_s,
+            )  # fmt: skip
+        except TimedOut:
+            raise UpstreamTimeout(f"{name} did not answer in time", provider=name) from None
+        except ConnectFailed as exc:
+            raise UpstreamUnreachable(f"cannot connect to {name}: {exc}", provider=name) from None
+        except LeanHttpError as exc:
+            raise UpstreamUnreachable(f"connection to {name} broke ({exc})", provider=name) from None
+        except ValueError as exc:  # a line break in a configured header value: never sent
+            raise UpstreamUnreachable(f"{name} request not sent ({exc})", provider=name) from None
+        if resp.status >= 400:
+            with map_decode_errors(name):
+                err = self.adapter.decode_error(resp.status, resp.body[:_MAX_ERROR_BODY], resp.headers)
+            err.provider = name
+            if resp.status in (401, 403):
+                # The upstream rejected the gateway's own credentials; its message may quote part of the key.
+                err.message = f"{name} rejected the gateway's credentials (HTTP {resp.status})"
+            raise err
+        return resp.body
 
     async def chat(self, chat: ChatInput, model: str, ident: StreamIdentity) -> Completion:
         with map_encode_errors():
@@ -343,3 +392,20 @@ def make_session() -> aiohttp.ClientSession:
 async def close_session(session: aiohttp.ClientSession) -> None:
     await session.close()
     await asyncio.sleep(0)  # let the connector's transports finish closing
+
+
+@dataclass(frozen=True, slots=True)
+class HttpClients:
+    """The process's upstream HTTP: aiohttp for streams, the lean pool for everything else (ADR 0011)."""
+
+    session: aiohttp.ClientSession
+    pool: Http1Pool
+
+
+def make_clients() -> HttpClients:
+    return HttpClients(make_session(), Http1Pool(keepalive_s=30))
+
+
+async def close_clients(clients: HttpClients) -> None:
+    clients.pool.close()
+    await close_session(clients.session)
