@@ -83,10 +83,10 @@ class UsageRecorder:
         One round writes what is pending when it starts and then only full batches, unless a drain was asked for
         (``flush``, ``stop``): chasing the records that arrive during each write kept the writer busy without end
         under steady traffic, a transaction of a few rows every few milliseconds on the request path's core."""
-        first = True
-        while self._pending and (first or self._draining or self._stopping or len(self._pending) >= self._batch):
-            first = False
+        due = len(self._pending)  # what was pending when the round began
+        while self._pending and (due > 0 or self._draining or self._stopping or len(self._pending) >= self._batch):
             batch = [self._pending.popleft() for _ in range(min(self._batch, len(self._pending)))]
+            due -= len(batch)
             try:
                 await self._repo.insert_many(batch)
             except asyncio.CancelledError:

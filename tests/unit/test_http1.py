@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import gzip
 import ipaddress
+import socket
 import ssl
+import struct
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -340,3 +342,78 @@ async def test_https_verifies_the_server(tmp_path: Path) -> None:
         trusting.close()
         s.server.close()
         await s.server.wait_closed()
+
+
+async def test_bytes_after_a_response_are_not_taken_for_the_next_one(server: Scripted, pool: Http1Pool) -> None:
+    async def stray(request: bytes, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}HTTP/1.1 500 Oops\r\nx-stray: yes\r\n")
+        await writer.drain()
+        return True
+
+    server.handler = stray
+    resp = await server.call(pool)
+    assert (resp.status, resp.body, "x-stray" in resp.headers) == (200, b"{}", False)
+    server.handler = ok
+    assert (await server.call(pool)).body == b'{"ok":true}'
+    assert server.connections == 2, "the connection that carried stray bytes was dropped"
+
+
+async def test_a_header_that_is_not_latin1_opens_no_connection(server: Scripted, pool: Http1Pool) -> None:
+    with pytest.raises(ValueError, match="latin-1"):
+        await pool.request(
+            "POST", "http", "127.0.0.1", server.port, "/", {"authorization": "Bearer \u2019key"}, b"",
+            connect_s=2, first_byte_s=2, total_s=2,
+        )  # fmt: skip
+    assert server.connections == 0
+
+
+async def test_a_body_cut_by_a_reset_or_a_close_is_not_a_response(server: Scripted, pool: Http1Pool) -> None:
+    async def reset(request: bytes, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b'HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n{"partial')
+        await writer.drain()
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = RST
+        writer.transport.abort()
+        return False
+
+    server.handler = reset
+    with pytest.raises(Disconnected):
+        await server.call(pool)
+
+    async def chunked_cut(request: bytes, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n")
+        await writer.drain()
+        return False  # closed before the last chunk
+
+    server.handler = chunked_cut
+    with pytest.raises(Disconnected):
+        await server.call(pool)
+
+
+async def test_an_empty_body_is_not_decompressed(server: Scripted, pool: Http1Pool) -> None:
+    async def no_content(request: bytes, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Encoding: gzip\r\nContent-Length: 0\r\n\r\n")
+        return True
+
+    server.handler = no_content
+    resp = await server.call(pool)
+    assert (resp.status, resp.body) == (503, b"")
+
+
+async def test_no_timer_outlives_its_exchange(server: Scripted, pool: Http1Pool) -> None:
+    """A response still arriving at the first-byte bound re-arms the timer for the total bound; that one is
+    cancelled with the exchange too."""
+
+    async def late_body(request: bytes, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.15)  # past the first-byte bound below: the server's pace, not the test's
+        writer.write(b"{}")
+        return True
+
+    server.handler = late_body
+    resp = await server.call(pool, first_byte_s=0.05, total_s=30)
+    assert resp.body == b"{}"
+    loop = asyncio.get_running_loop()
+    pending = [h for h in getattr(loop, "_scheduled", []) if not h.cancelled() and "_check" in repr(h)]
+    assert pending == []

@@ -61,6 +61,10 @@ def _tls() -> ssl.SSLContext:
     return _CTX
 
 
+class _StrayResponse(Exception):
+    """Raised inside the parser's callback: more bytes after the response was complete."""
+
+
 class _Conn(asyncio.Protocol):
     """One keep-alive connection and the response being read on it."""
 
@@ -79,6 +83,7 @@ class _Conn(asyncio.Protocol):
         self._complete = False
         self._keep_alive = False
         self._error: HttpError | None = None
+        self.timer: asyncio.TimerHandle | None = None  # the exchange's bound (Http1Pool._check), re-armed once
 
     # -- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -94,7 +99,7 @@ class _Conn(asyncio.Protocol):
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._fail(Disconnected("the upstream switched protocols"))
-        except httptools.HttpParserError as exc:
+        except httptools.HttpParserError as exc:  # a callback's exception (_StrayResponse) arrives wrapped in one
             self._fail(Disconnected(f"malformed HTTP response ({type(exc).__name__})"))
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -102,16 +107,22 @@ class _Conn(asyncio.Protocol):
         waiter = self._waiter
         if waiter is None or waiter.done():
             return
-        # A body delimited by the end of the connection (no length, not chunked) is complete now.
-        if self._status and not self._complete and self._parser.should_keep_alive() is False and self._no_length():
+        # A body delimited by the end of the connection (no length, not chunked) is complete now, if it ended
+        # cleanly (a reset cut it short).
+        if exc is None and self._status and not self._complete and self._no_length():
             self._finish()
             return
         self._fail(Disconnected("the connection closed before the response was complete"))
 
     def eof_received(self) -> bool | None:
+        self.closed = True  # the server is done with it: never reused, even before connection_lost runs
         return None  # close our side too
 
     # -- httptools callbacks
+    def on_message_begin(self) -> None:
+        if self._complete:  # a second response to one request: stray bytes, the connection cannot be trusted
+            raise _StrayResponse
+
     def on_header(self, name: bytes, value: bytes) -> None:
         if name:
             self._header_name = name
@@ -136,7 +147,7 @@ class _Conn(asyncio.Protocol):
     # -- the exchange
     def _no_length(self) -> bool:
         h = self._headers
-        return "content-length" not in h and "chunked" not in h.get("transfer-encoding", "")
+        return "content-length" not in h and "chunked" not in h.get("transfer-encoding", "").lower()
 
     def _reset(self) -> None:
         self._headers = {}
@@ -148,9 +159,11 @@ class _Conn(asyncio.Protocol):
     def _finish(self) -> None:
         self._complete = True
         waiter = self._waiter
+        headers, body_parts = self._headers, self._body
+        self._headers, self._body = {}, []  # the response owns these now; an idle connection holds no body
         if waiter is not None and not waiter.done():
-            body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
-            waiter.set_result(Response(self._status, self._headers, body))
+            body = body_parts[0] if len(body_parts) == 1 else b"".join(body_parts)
+            waiter.set_result(Response(self._status, headers, body))
 
     def _fail(self, error: HttpError) -> None:
         self._error = error
@@ -176,7 +189,12 @@ class _Conn(asyncio.Protocol):
 
     @property
     def reusable(self) -> bool:
-        return not self.closed and self._complete and self._keep_alive
+        # Not with request bytes still unsent (the server answered before reading the whole body: a 413, a 401).
+        t = self.transport
+        return (
+            not self.closed and self._complete and self._keep_alive
+            and t is not None and not t.is_closing() and t.get_write_buffer_size() == 0
+        )  # fmt: skip
 
     def abort(self) -> None:
         self.closed = True
@@ -217,27 +235,34 @@ class Http1Pool:
                 raise ValueError(f"line break in the value of header {name!r}")
         if "\n" in target or "\r" in target or " " in target:
             raise ValueError("the request target must be percent-encoded")
+        # ``headers`` carry ``host`` (the caller's: SigV4 signs it); the length is ours. Encoded before a
+        # connection is taken: a value that is not latin-1 fails here, with no socket left behind.
+        lines = [f"{method} {target} HTTP/1.1\r\ncontent-length: {len(body)}\r\n"]
+        lines.extend(f"{k}: {v}\r\n" for k, v in headers.items())
+        lines.append("\r\n")
+        try:
+            payload = "".join(lines).encode("latin-1") + body
+        except UnicodeEncodeError as exc:
+            raise ValueError(f"a header that is not latin-1 ({exc.reason})") from None
         loop = asyncio.get_running_loop()
         start = loop.time()
         origin = (scheme, host, port)
         conn = self._take(origin, start)
         if conn is None:
             conn = await self._connect(loop, scheme, host, port, min(connect_s, total_s))
-        # ``headers`` carry ``host`` (the caller's: SigV4 signs it); the length is ours.
-        lines = [f"{method} {target} HTTP/1.1\r\ncontent-length: {len(body)}\r\n"]
-        lines.extend(f"{k}: {v}\r\n" for k, v in headers.items())
-        lines.append("\r\n")
-        payload = "".join(lines).encode("latin-1") + body
         waiter = conn.start(payload)
-        timer = loop.call_at(min(loop.time() + first_byte_s, start + total_s), self._check, conn, waiter, start,
-                             first_byte_s, total_s)  # fmt: skip
+        conn.timer = loop.call_at(
+            min(loop.time() + first_byte_s, start + total_s), self._check, conn, waiter, start, total_s
+        )
         try:
             response = await waiter
-        except asyncio.CancelledError:
-            conn.abort()  # the response would arrive on a connection nobody reads: not reusable
+        except BaseException:
+            conn.abort()  # a cancelled or failed exchange: its connection is not reusable
             raise
         finally:
-            timer.cancel()
+            if conn.timer is not None:
+                conn.timer.cancel()
+                conn.timer = None
         if conn.reusable and not self._closed:
             now = conn.idle_since = loop.time()
             idle = self._idle.setdefault(origin, deque())
@@ -249,10 +274,10 @@ class Http1Pool:
             conn.abort()
         return _decoded(response)
 
-    def _check(
-        self, conn: _Conn, waiter: asyncio.Future[Response], start: float, first_byte_s: float, total_s: float
-    ) -> None:
-        """The one timer of an exchange: the first-byte bound, then the total one."""
+    def _check(self, conn: _Conn, waiter: asyncio.Future[Response], start: float, total_s: float) -> None:
+        """The one timer of an exchange: the first-byte bound, then (re-armed on the connection, where the
+        exchange's ``finally`` cancels it) the total one."""
+        conn.timer = None
         if waiter.done():
             return
         loop = asyncio.get_running_loop()
@@ -262,7 +287,7 @@ class Http1Pool:
         elif now >= start + total_s:
             what = "did not answer in time"
         else:  # answering: only the total bound is left
-            loop.call_at(start + total_s, self._check, conn, waiter, start, first_byte_s, total_s)
+            conn.timer = loop.call_at(start + total_s, self._check, conn, waiter, start, total_s)
             return
         waiter.set_exception(TimedOut(what))
         conn.abort()
@@ -271,7 +296,8 @@ class Http1Pool:
         idle = self._idle.get(origin)
         while idle:
             conn = idle.pop()  # the most recently used: the likeliest to be alive
-            if not conn.closed and now - conn.idle_since < self._keepalive_s:
+            t = conn.transport
+            if not conn.closed and t is not None and not t.is_closing() and now - conn.idle_since < self._keepalive_s:
                 return conn
             conn.abort()
         return None
@@ -302,7 +328,7 @@ class Http1Pool:
 
 def _decoded(response: Response) -> Response:
     encoding = response.headers.get("content-encoding", "identity").strip().lower()
-    if encoding in ("identity", ""):
+    if encoding in ("identity", "") or not response.body:  # an empty body (a 204, a bare error) has nothing to decode
         return response
     if encoding in ("gzip", "x-gzip", "deflate"):
         try:

@@ -62,6 +62,31 @@ async def deadline(provider: str, seconds: float, what: str) -> AsyncIterator[No
         raise UpstreamTimeout(f"{provider} {what} within {seconds:g}s", provider=provider) from None
 
 
+_Origin = tuple[str, str, int, str, str]  # scheme, host, port, Host header value, "scheme://netloc" prefix
+
+
+def _lean_origin(base_url: str) -> _Origin | None:
+    """Where the lean client connects for ``base_url``; None for what it does not serve (it is left to aiohttp):
+    another scheme, userinfo, an unparsable port."""
+    try:
+        parts = urlsplit(base_url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or not parts.hostname or "@" in parts.netloc:
+        return None
+    return parts.scheme, parts.hostname, port, host_header(base_url), f"{parts.scheme}://{parts.netloc}"
+
+
+def _redirected(provider: str, status: int) -> UpstreamError:
+    # Never followed: a POST redirected to another place (or turned into a GET) is a configuration problem to see.
+    return UpstreamError(
+        f"{provider} answered with a redirect (HTTP {status}); set its base_url to the final location",
+        upstream_status=502,
+        provider=provider,
+    )
+
+
 @contextmanager
 def map_transport_errors(provider: str) -> Iterator[None]:
     # Messages name the provider, never the URL: they reach tenants, who need not learn the internal topology.
@@ -213,12 +238,7 @@ class Upstream:
         self.adapter = adapter
         self._signer = signer
         self._session = session
-        self._origin: tuple[str, str, int, str, int] | None = None  # scheme, host, port, Host header, prefix length
-        parts = urlsplit(self.base_url)
-        if pool is not None and parts.scheme in ("http", "https") and parts.hostname and "@" not in parts.netloc:
-            port = parts.port or (443 if parts.scheme == "https" else 80)
-            prefix = len(f"{parts.scheme}://{parts.netloc}")
-            self._origin = (parts.scheme, parts.hostname, port, host_header(self.base_url), prefix)
+        self._origin = _lean_origin(self.base_url) if pool is not None else None
         self._pool = pool if self._origin is not None else None
         self.timeouts = timeouts
         # Adds the current trace context (traceparent) to each request; None when tracing is off (app.py sets it).
@@ -254,8 +274,11 @@ class Upstream:
         with map_transport_errors(self.name):
             # encoded=True: send the path exactly as signed (yarl would otherwise turn Bedrock's %3A back into ':').
             resp = await self._session.request(
-                up.method, URL(url, encoded=True), data=up.body, headers=headers, timeout=timeout
+                up.method, URL(url, encoded=True), data=up.body, headers=headers, timeout=timeout, allow_redirects=False
             )
+            if 300 <= resp.status < 400:
+                resp.close()
+                raise _redirected(self.name, resp.status)
             if resp.status >= 400:
                 try:
                     body = await resp.content.read(_MAX_ERROR_BODY)
@@ -277,8 +300,10 @@ class Upstream:
         return max(t.total_s, t.first_byte_s) + t.connect_s
 
     async def _read(self, up: UpstreamRequest) -> bytes:
-        if self._pool is not None:
-            return await self._read_lean(up, self._pool)
+        if self._pool is not None and self._origin is not None:
+            url, headers = self._prepare(up)
+            if url.startswith(self._origin[4]):  # the request target is what follows the origin, as signed
+                return await self._read_lean(up, self._pool, self._origin, url, headers)
         resp = await self._send(up, self._timeout)
         with map_transport_errors(self.name):
             try:
@@ -286,18 +311,18 @@ class Upstream:
             finally:
                 resp.release()
 
-    async def _read_lean(self, up: UpstreamRequest, pool: Http1Pool) -> bytes:
+    async def _read_lean(
+        self, up: UpstreamRequest, pool: Http1Pool, origin: _Origin, url: str, headers: dict[str, str]
+    ) -> bytes:
         """``_read`` on the lean client (http1.py): the same bounds, errors and messages as on aiohttp."""
-        url, headers = self._prepare(up)
-        assert self._origin is not None
-        scheme, host, port, host_value, prefix = self._origin
+        scheme, host, port, host_value, prefix = origin
         if "host" not in headers:  # SigV4 sets (and signs) it; the same value
             headers["host"] = host_value
         t = self.timeouts
         name = self.name
         try:
             resp = await pool.request(
-                up.method, scheme, host, port, url[prefix:], headers, up.body,
+                up.method, scheme, host, port, url[len(prefix):], headers, up.body,
                 connect_s=t.connect_s, first_byte_s=t.first_byte_s, total_s=t.total_s,
             )  # fmt: skip
         except TimedOut:
@@ -308,6 +333,8 @@ class Upstream:
             raise UpstreamUnreachable(f"connection to {name} broke ({exc})", provider=name) from None
         except ValueError as exc:  # a line break in a configured header value: never sent
             raise UpstreamUnreachable(f"{name} request not sent ({exc})", provider=name) from None
+        if 300 <= resp.status < 400:
+            raise _redirected(name, resp.status)
         if resp.status >= 400:
             with map_decode_errors(name):
                 err = self.adapter.decode_error(resp.status, resp.body[:_MAX_ERROR_BODY], resp.headers)

@@ -147,6 +147,11 @@ class _Connection(asyncio.Protocol):
                 done.set_result(None)
 
 
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
 class RespClient:
     def __init__(
         self, url: str, *, connect_timeout_s: float = 0.25, command_timeout_s: float | None = None, connections: int = 2
@@ -237,7 +242,11 @@ class RespClient:
         conn = await self._connection()
         (future,) = conn.send(_pack(args), 1)
         self._watch()
-        await conn.written()
+        try:
+            await conn.written()
+        except asyncio.CancelledError:
+            future.add_done_callback(_retrieve)  # nobody will look at the reply: no "never retrieved" warning
+            raise
         return future
 
     async def execute_many(self, commands: Sequence[Sequence[_Arg]]) -> list[Any]:

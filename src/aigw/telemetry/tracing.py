@@ -168,11 +168,13 @@ class Tracing:
         attrs = {"http.request.method": method, "url.path": path or route or "/"}
         if route is not None:  # a template (``/admin/tenants/{tenant_id}``), never a raw path: names stay bounded
             attrs["http.route"] = route
-        span = self._tracer.start_span(
-            f"{method} {route}" if route else method, context=parent, kind=SpanKind.SERVER, attributes=attrs
-        )
-        if ids is not None:
-            ids.next_trace_id = None  # not taken (a disabled tracer draws no id): it must not become the next root's
+        try:
+            span = self._tracer.start_span(
+                f"{method} {route}" if route else method, context=parent, kind=SpanKind.SERVER, attributes=attrs
+            )
+        finally:
+            if ids is not None:
+                ids.next_trace_id = None  # if not taken (a disabled tracer draws none), never the next root's
         return _guarded(span)
 
     def start_client_span(
