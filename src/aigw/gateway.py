@@ -162,10 +162,15 @@ class Gateway:
         reservation, ctx.reservation = ctx.reservation, None
         # Bookkeeping after the response, as separate tasks: they start in the same turn of the loop, so with Redis
         # their commands leave in one write instead of one round trip after the other.
-        if reservation is not None and self.limits is not None:
-            self._spawn(self.limits.settle(reservation, u.total_tokens))
+        # Queued without a task where the store can (the lean Redis client, memory): they then leave in the same
+        # write as the cache store's SET below.
+        limits = self.limits
+        if reservation is not None and limits is not None and not limits.settle_soon(reservation, u.total_tokens):
+            self._spawn(limits.settle(reservation, u.total_tokens))
         if cost and self.budgets is not None:
-            self._spawn(self.budgets.add(ctx.principal.tenant_id, month_of(datetime.now(UTC)), cost))
+            tenant, month = ctx.principal.tenant_id, month_of(datetime.now(UTC))
+            if not self.budgets.add_soon(tenant, month, cost):
+                self._spawn(self.budgets.add(tenant, month, cost))
         self._recorder.record(
             UsageRecord(
                 request_id=ctx.request_id,

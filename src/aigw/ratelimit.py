@@ -121,6 +121,11 @@ class LimitStore(Protocol):
         """Replace the reserved estimate by the tokens the upstream reported (refund or extra charge)."""
         ...
 
+    def settle_soon(self, reservation: Reservation, actual_tokens: int) -> bool:
+        """``settle`` without awaiting, when the store can: True if done or on its way (its outcome is handled as
+        ``settle`` handles it); False if nothing was done and ``settle`` must be awaited instead."""
+        ...
+
 
 @dataclass(slots=True)
 class _TenantLog:

@@ -7,14 +7,16 @@ nano-dollars (INCRBY is exact, unlike INCRBYFLOAT). Both are seeded at startup f
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Protocol
+from typing import Any, Protocol
 
 from aigw.state.redis_calls import REDIS_DOWN, RedisClient, RedisGuard
+from aigw.state.resp import RespClient
 
 log = logging.getLogger("aigw.budgets")
 NANO = Decimal("1e9")
@@ -34,6 +36,11 @@ class BudgetStore(Protocol):
 
     async def add(self, tenant: str, month: str, amount: Decimal) -> None: ...
 
+    def add_soon(self, tenant: str, month: str, amount: Decimal) -> bool:
+        """``add`` without awaiting, when the store can: True if done or on its way; False if nothing was done and
+        ``add`` must be awaited instead."""
+        ...
+
     async def seed(self, month: str, totals: Mapping[str, Decimal]) -> None: ...
 
 
@@ -45,9 +52,13 @@ class MemoryBudgetStore:
         return self._spent.get((tenant, month), Decimal(0))
 
     async def add(self, tenant: str, month: str, amount: Decimal) -> None:
+        self.add_soon(tenant, month, amount)
+
+    def add_soon(self, tenant: str, month: str, amount: Decimal) -> bool:
         if len(self._spent) > 100_000:  # months gone by: keep only the current one's totals
             self._spent = {k: v for k, v in self._spent.items() if k[1] == month}
         self._spent[(tenant, month)] = self._spent.get((tenant, month), Decimal(0)) + amount
+        return True
 
     async def seed(self, month: str, totals: Mapping[str, Decimal]) -> None:
         for tenant, total in totals.items():
@@ -77,6 +88,7 @@ class RedisBudgetStore:
         self._monotonic = monotonic
         self._read: dict[tuple[str, str], tuple[float, Decimal]] = {}  # (tenant, month) -> (read until, spent)
         self._unexpired: set[str] = set()  # counters this process created whose EXPIRE failed
+        self._tasks: set[asyncio.Task[None]] = set()  # EXPIREs called for by an unawaited INCRBY (kept referenced)
         # No time limit and no back-off: every call tries Redis, and a failure falls back for that call only.
         self._guard = RedisGuard(_warn, op_timeout_s=None, retry_interval_s=0.0)
 
@@ -113,23 +125,59 @@ class RedisBudgetStore:
     async def add(self, tenant: str, month: str, amount: Decimal) -> None:
         """INCRBY answers with the total after this spend, everyone's included: it refreshes the remembered total,
         so a tenant with traffic here has its budget checked without any read."""
-        await self._fallback.add(tenant, month, amount)  # kept locally too, for the fallback's sake
+        self._fallback.add_soon(tenant, month, amount)  # kept locally too, for the fallback's sake
         key, nanos = self._key(tenant, month), int(amount * NANO)
         total = await self._guard.call(lambda: self._redis.incrby(key, nanos))
         if total is REDIS_DOWN:
-            cached = self._read.get((tenant, month))
-            if cached is not None:  # our own spend shows at once, even without Redis's answer
-                self._read[(tenant, month)] = (cached[0], cached[1] + amount)
+            self._unanswered(tenant, month, amount)
             return
-        self._remember((tenant, month), Decimal(int(total)) / NANO)
-        if int(total) == nanos or key in self._unexpired:
-            # This INCRBY created the counter (no seed for this month yet): give it its expiry, once; a failed
-            # EXPIRE is tried again with the next spend, or the counter would never expire.
-            done = await self._guard.call(lambda: self._redis.expire(key, TTL_S))
-            if done is REDIS_DOWN:
-                self._unexpired.add(key)
-            else:
-                self._unexpired.discard(key)
+        if self._answered(tenant, month, key, nanos, int(total)):
+            await self._expire(key)
+
+    def add_soon(self, tenant: str, month: str, amount: Decimal) -> bool:
+        """The INCRBY queued on the lean client's connection in this turn; its reply is handled by a callback
+        (an EXPIRE it calls for is then awaited in a task of its own). Otherwise False: await add()."""
+        client = self._redis
+        if not isinstance(client, RespClient):
+            return False
+        key, nanos = self._key(tenant, month), int(amount * NANO)
+        reply = client.send_nowait("INCRBY", key, nanos)
+        if reply is None:
+            return False
+        self._fallback.add_soon(tenant, month, amount)
+        reply.add_done_callback(lambda done: self._incremented(done, tenant, month, amount, key, nanos))
+        return True
+
+    def _incremented(
+        self, reply: asyncio.Future[Any], tenant: str, month: str, amount: Decimal, key: str, nanos: int
+    ) -> None:
+        exc = asyncio.CancelledError() if reply.cancelled() else reply.exception()
+        if exc is not None:
+            self._guard.failed(exc)
+            self._unanswered(tenant, month, amount)
+        elif self._answered(tenant, month, key, nanos, int(reply.result())):
+            task = asyncio.get_running_loop().create_task(self._expire(key))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def _unanswered(self, tenant: str, month: str, amount: Decimal) -> None:
+        cached = self._read.get((tenant, month))
+        if cached is not None:  # our own spend shows at once, even without Redis's answer
+            self._read[(tenant, month)] = (cached[0], cached[1] + amount)
+
+    def _answered(self, tenant: str, month: str, key: str, nanos: int, total: int) -> bool:
+        """Remember the total INCRBY answered; True when the counter still needs its expiry."""
+        self._remember((tenant, month), Decimal(total) / NANO)
+        return total == nanos or key in self._unexpired
+
+    async def _expire(self, key: str) -> None:
+        # The INCRBY created the counter (no seed for this month yet): give it its expiry, once; a failed EXPIRE is
+        # tried again with the next spend, or the counter would never expire.
+        done = await self._guard.call(lambda: self._redis.expire(key, TTL_S))
+        if done is REDIS_DOWN:
+            self._unexpired.add(key)
+        else:
+            self._unexpired.discard(key)
 
     async def seed(self, month: str, totals: Mapping[str, Decimal]) -> None:
         await self._fallback.seed(month, totals)

@@ -33,3 +33,7 @@ class MemoryLimitStore:
 
     async def settle(self, reservation: Reservation, actual_tokens: int) -> None:
         self.limiter.settle(reservation, actual_tokens, self._clock())
+
+    def settle_soon(self, reservation: Reservation, actual_tokens: int) -> bool:
+        self.limiter.settle(reservation, actual_tokens, self._clock())
+        return True

@@ -16,14 +16,18 @@ whose settle fails is dropped (its estimate stays charged until it leaves the wi
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from redis.exceptions import NoScriptError
+
 from aigw.ratelimit import WINDOW_S, Reservation, Verdict, WindowState, decision
 from aigw.state.limits_memory import MemoryLimitStore
 from aigw.state.redis_calls import REDIS_DOWN, GuardedStore, LuaScript, RedisClient, RedisGuard
+from aigw.state.resp import RespClient
 
 __all__ = ["UNAVAILABLE", "RedisLimitStore"]
 
@@ -66,6 +70,7 @@ class RedisLimitStore(GuardedStore):
         self.degraded_calls = 0  # checks/settles answered locally because Redis failed or was being skipped
         self.refused_unavailable = 0  # checks refused because Redis was down and fail_open is False
         self.dropped_settles = 0  # Redis reservations that could not be settled
+        self._retries: set[asyncio.Task[None]] = set()  # settles sent again after NOSCRIPT (kept referenced)
 
     def _keys(self, tenant: str) -> tuple[str, str, str]:
         base = f"{self._prefix}{{{tenant}}}:"
@@ -109,6 +114,36 @@ class RedisLimitStore(GuardedStore):
         done = await self._guard.call(run)
         if done is not REDIS_DOWN:
             return
+        self.dropped_settles += 1
+
+    def settle_soon(self, reservation: Reservation, actual_tokens: int) -> bool:
+        """The settle queued on the lean client's connection in this turn (it leaves with the turn's other commands,
+        the cache store's SET among them); its reply is handled by a callback. Otherwise False: await settle()."""
+        if reservation.local:
+            return self._fallback.settle_soon(reservation, actual_tokens)
+        if reservation.entry is None:
+            return True
+        client = self._redis
+        if not isinstance(client, RespClient) or not self._guard.client_bounded or self._guard.degraded:
+            return False
+        _, tokens_key, hash_key = self._keys(reservation.tenant)
+        args = (self._now(), reservation.entry, max(0, actual_tokens), repr(self.window_s), self._ttl_s)
+        reply = client.send_nowait("EVALSHA", self._settle_script.sha, 2, tokens_key, hash_key, *args)
+        if reply is None:
+            return False
+        reply.add_done_callback(lambda done: self._settled(done, reservation, actual_tokens))
+        return True
+
+    def _settled(self, reply: asyncio.Future[Any], reservation: Reservation, actual_tokens: int) -> None:
+        exc = asyncio.CancelledError() if reply.cancelled() else reply.exception()
+        if exc is None:
+            return
+        if isinstance(exc, NoScriptError):  # the server lost its scripts (restart, SCRIPT FLUSH): load and retry
+            task = asyncio.get_running_loop().create_task(self.settle(reservation, actual_tokens))
+            self._retries.add(task)
+            task.add_done_callback(self._retries.discard)
+            return
+        self._guard.failed(exc)
         self.dropped_settles += 1
 
     def _verdict(self, tenant: str, rpm: int | None, tpm: int | None, estimate: int, reply: Any) -> Verdict:

@@ -82,6 +82,12 @@ class RedisGuard:
         """True while calls skip Redis (after a recent failure)."""
         return time.monotonic() < self._skip_until
 
+    @property
+    def client_bounded(self) -> bool:
+        """No timer of the guard's own: the client bounds each command (the lean client's watchdog), so a command
+        may also be sent without awaiting it (``RespClient.send_nowait``)."""
+        return self._op_timeout_s is None
+
     async def call(self, op: Callable[[], Awaitable[T]]) -> T | Literal[RedisDown.REDIS_DOWN]:
         if self.degraded:
             return REDIS_DOWN

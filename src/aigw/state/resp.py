@@ -175,15 +175,32 @@ class RespClient:
         self._next = itertools.cycle(range(connections))
         self._last = 0
 
-    async def _connection(self) -> _Connection:
-        # The commands of one turn of the loop share a connection: one write and one read for them all, where
-        # spreading them over the connections costs a system call and a wake-up per connection.
+    def _live(self) -> tuple[int, _Connection | None]:
+        """The connection for a command issued now, if it is up. The commands of one turn of the loop share a
+        connection: one write and one read for them all, where spreading them over the connections costs a system
+        call and a wake-up per connection."""
         conn = self._slots[self._last]
         if conn is not None and conn.pending and not conn.lost:
-            return conn
+            return self._last, conn
         i = self._last = next(self._next)
         conn = self._slots[i]
         if conn is not None and not conn.lost and conn.transport is not None and not conn.transport.is_closing():
+            return i, conn
+        return i, None
+
+    def send_nowait(self, *args: _Arg) -> asyncio.Future[Any] | None:
+        """Queue a command for this turn's write without awaiting anything and return the future of its reply;
+        None when a connection would first have to be made (then await ``execute``). Bounded by the watchdog."""
+        _, conn = self._live()
+        if conn is None:
+            return None
+        (future,) = conn.send(_pack(args), 1)
+        self._watch()
+        return future
+
+    async def _connection(self) -> _Connection:
+        i, conn = self._live()
+        if conn is not None:
             return conn
         # One reconnect per slot, however many commands wait for it, and one wait: the commands queued behind a
         # failed attempt fail with it (until the attempt's own time has passed) instead of each trying again in
