@@ -160,17 +160,6 @@ class Gateway:
         else:
             cost = self._cost(ctx, target, u) if usage is not None else Decimal(0)
         reservation, ctx.reservation = ctx.reservation, None
-        # Bookkeeping after the response, as separate tasks: they start in the same turn of the loop, so with Redis
-        # their commands leave in one write instead of one round trip after the other.
-        # Queued without a task where the store can (the lean Redis client, memory): they then leave in the same
-        # write as the cache store's SET below.
-        limits = self.limits
-        if reservation is not None and limits is not None and not limits.settle_soon(reservation, u.total_tokens):
-            self._spawn(limits.settle(reservation, u.total_tokens))
-        if cost and self.budgets is not None:
-            tenant, month = ctx.principal.tenant_id, month_of(datetime.now(UTC))
-            if not self.budgets.add_soon(tenant, month, cost):
-                self._spawn(self.budgets.add(tenant, month, cost))
         self._recorder.record(
             UsageRecord(
                 request_id=ctx.request_id,
@@ -194,6 +183,15 @@ class Gateway:
                 saved_cost_usd=saved,
             )
         )
+        # After the ledger row (nothing here may cost the request its row). Queued without a task where the store
+        # can (the lean Redis client, memory): they then leave in the same write as the cache store's SET below.
+        limits = self.limits
+        if reservation is not None and limits is not None and not limits.settle_soon(reservation, u.total_tokens):
+            self._spawn(limits.settle(reservation, u.total_tokens))
+        if cost and self.budgets is not None:
+            tenant, month = ctx.principal.tenant_id, month_of(datetime.now(UTC))
+            if not self.budgets.add_soon(tenant, month, cost):
+                self._spawn(self.budgets.add(tenant, month, cost))
         if self.observer is not None:
             self.observer.request(
                 request_id=ctx.request_id,
@@ -213,10 +211,10 @@ class Gateway:
         return cost
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        """Bookkeeping after the response (TPM settle, spend totals): a Redis round trip the client need not wait
-        for. The set keeps the tasks referenced until they finish. Started a turn later: a cache store issued after
-        this waits for its turn's Redis write before the response goes out, and these commands would otherwise join
-        that write and hold the response for their own CPU."""
+        """Bookkeeping after the response (TPM settle, spend totals) when the store cannot queue it at once (redis-py,
+        no live connection): a Redis round trip the client need not wait for. The set keeps the tasks referenced
+        until they finish. Started a turn later, so that their CPU does not hold the response the cache store's
+        write is about to let out."""
         asyncio.get_running_loop().call_soon(self._start, work)
 
     def _start(self, work: Coroutine[Any, Any, None]) -> None:

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from decimal import Decimal
 
 import pytest
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from aigw.state.budgets import MemoryBudgetStore, RedisBudgetStore
 from aigw.state.limits_memory import MemoryLimitStore
@@ -94,3 +95,27 @@ async def test_a_spend_redis_refuses_is_counted_and_kept_locally(client: RespCli
     assert await client.ping()
     assert store.redis_errors == 1
     assert await store._fallback.spent("t", "2026-11") == Decimal("0.25")
+
+
+async def test_a_settle_that_fails_is_dropped_and_the_next_one_is_awaited(redis_url: str) -> None:
+    c = RespClient(redis_url, connect_timeout_s=2, command_timeout_s=0.2, connections=1)
+    try:
+        store = limits(c)
+        first = await store.check("t", None, 1000, 600)
+        assert first.reservation is not None
+        assert await c.execute("CLIENT", "PAUSE", 400, "ALL") == b"OK"  # Redis stops answering for 0.4 s
+        assert store.settle_soon(first.reservation, 100) is True
+        with pytest.raises(RedisTimeoutError):  # the watchdog's: the connection is dropped
+            await c.ping()
+        assert (store.dropped_settles, store.redis_errors) == (1, 1)
+        assert store.degraded and store.settle_soon(first.reservation, 100) is False, "backing off: await settle()"
+    finally:
+        await c.aclose()
+
+
+async def test_the_memory_store_settles_at_once() -> None:
+    store = MemoryLimitStore()
+    first = await store.check("t", None, 1000, 600)
+    assert first.reservation is not None
+    assert store.settle_soon(first.reservation, 100) is True
+    assert (await store.check("t", None, 1000, 800)).allowed

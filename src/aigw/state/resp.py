@@ -147,6 +147,11 @@ class _Connection(asyncio.Protocol):
                 done.set_result(None)
 
 
+def _closing(conn: _Connection) -> bool:
+    """Closed or closing, before connection_lost has marked it lost: commands queued there would be dropped."""
+    return conn.transport is None or conn.transport.is_closing()
+
+
 def _retrieve(future: asyncio.Future[Any]) -> None:
     if not future.cancelled():
         future.exception()
@@ -180,11 +185,11 @@ class RespClient:
         connection: one write and one read for them all, where spreading them over the connections costs a system
         call and a wake-up per connection."""
         conn = self._slots[self._last]
-        if conn is not None and conn.pending and not conn.lost:
+        if conn is not None and conn.pending and not conn.lost and not _closing(conn):
             return self._last, conn
         i = self._last = next(self._next)
         conn = self._slots[i]
-        if conn is not None and not conn.lost and conn.transport is not None and not conn.transport.is_closing():
+        if conn is not None and not conn.lost and not _closing(conn):
             return i, conn
         return i, None
 
