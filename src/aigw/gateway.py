@@ -213,11 +213,7 @@ class Gateway:
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         """Bookkeeping after the response (TPM settle, spend totals) when the store cannot queue it at once (redis-py,
         no live connection): a Redis round trip the client need not wait for. The set keeps the tasks referenced
-        until they finish. Started a turn later, so that their CPU does not hold the response the cache store's
-        write is about to let out."""
-        asyncio.get_running_loop().call_soon(self._start, work)
-
-    def _start(self, work: Coroutine[Any, Any, None]) -> None:
+        until they finish."""
         task = asyncio.get_running_loop().create_task(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)

@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 from aigw.config import parse_settings
 from tests.fakes.openai_fake import FakeOpenAI
@@ -149,6 +150,11 @@ def test_server_span_status_a_4xx_is_not_an_error_and_a_5xx_keeps_its_precise_ty
     assert server["attributes"]["error.type"] == r.json()["error"]["type"], "the gateway's type, not the status"
 
 
+def _metric_samples(gw: RunningGateway) -> list[Sample]:
+    text = httpx.get(gw.url + "/metrics", timeout=10).text
+    return [s for fam in text_string_to_metric_families(text) for s in fam.samples]
+
+
 def test_metrics_endpoint_counts_requests_and_tokens(traced: tuple[RunningGateway, FakeOpenAI, Any]) -> None:
     gw, _, _ = traced
     tenant = gw.new_tenant("metered")
@@ -156,12 +162,7 @@ def test_metrics_endpoint_counts_requests_and_tokens(traced: tuple[RunningGatewa
     auth = {"authorization": f"Bearer {tenant['api_key']}"}
     for _ in range(3):
         assert httpx.post(gw.url + CHAT, json=body, headers=auth, timeout=10).status_code == 200
-    text = httpx.get(gw.url + "/metrics", timeout=10).text
-    samples = {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for fam in text_string_to_metric_families(text)
-        for s in fam.samples
-    }
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for s in _metric_samples(gw)}
 
     def total(name: str, **labels: str) -> float:
         return sum(v for (n, ls), v in samples.items() if n == name and labels.items() <= dict(ls).items())
@@ -183,12 +184,7 @@ def test_requests_refused_before_a_tenant_is_known_are_counted_once(
     assert httpx.post(gw.url + CHAT, json=body, headers={"authorization": "Bearer gw-sk-nope"}).status_code == 401
     assert httpx.post(gw.url + CHAT, content=b"{not json", headers=good).status_code == 400
     assert httpx.post(gw.url + CHAT, json={**body, "model": "nope"}, headers=good).status_code == 404
-    samples = [
-        s
-        for fam in text_string_to_metric_families(httpx.get(gw.url + "/metrics", timeout=10).text)
-        for s in fam.samples
-        if s.name == "aigw_requests_total"
-    ]
+    samples = [s for s in _metric_samples(gw) if s.name == "aigw_requests_total"]
 
     def count(tenant_id: str, status: str) -> float:
         return sum(s.value for s in samples if s.labels["tenant"] == tenant_id and s.labels["status"] == status)

@@ -37,11 +37,7 @@ class Disconnected(HttpError):
 
 
 class TimedOut(HttpError):
-    """A timeout passed (``what`` says which)."""
-
-    def __init__(self, what: str) -> None:
-        super().__init__(what)
-        self.what = what
+    """A timeout passed (the message says which)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,10 +75,9 @@ class _Conn(asyncio.Protocol):
         self._header_name = b""
         self._body: list[bytes] = []
         self._status = 0
-        self._started = False  # a byte of the current response has arrived
+        self.started = False  # a byte of the current response has arrived
         self._complete = False
         self._keep_alive = False
-        self._error: HttpError | None = None
         self.timer: asyncio.TimerHandle | None = None  # the exchange's bound (Http1Pool._check), re-armed once
 
     # -- asyncio.Protocol
@@ -94,7 +89,7 @@ class _Conn(asyncio.Protocol):
         if waiter is None or waiter.done():  # bytes on an idle connection: nothing to pair them with, unusable
             self.abort()
             return
-        self._started = True
+        self.started = True
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -166,7 +161,6 @@ class _Conn(asyncio.Protocol):
             waiter.set_result(Response(self._status, headers, body))
 
     def _fail(self, error: HttpError) -> None:
-        self._error = error
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_exception(error)
@@ -177,15 +171,11 @@ class _Conn(asyncio.Protocol):
     def start(self, payload: bytes) -> asyncio.Future[Response]:
         assert self.transport is not None
         self._reset()
-        self._started = False
+        self.started = False
         self._parser = httptools.HttpResponseParser(self)
         self._waiter = self._loop.create_future()
         self.transport.write(payload)
         return self._waiter
-
-    @property
-    def started(self) -> bool:
-        return self._started
 
     @property
     def reusable(self) -> bool:
@@ -230,18 +220,19 @@ class Http1Pool:
         """One exchange. ``target`` is the request target exactly as it goes on the wire (path and query, already
         percent-encoded: SigV4 signed it so). ``first_byte_s`` bounds the wait for the response's first byte after
         the request was written, ``total_s`` the whole exchange, connecting included."""
-        for name, value in headers.items():  # CR/LF in a header or the target would end the request early
-            if "\n" in value or "\r" in value or "\n" in name or "\r" in name:
-                raise ValueError(f"line break in the value of header {name!r}")
-        if "\n" in target or "\r" in target or " " in target:
+        if " " in target:
             raise ValueError("the request target must be percent-encoded")
-        # ``headers`` carry ``host`` (the caller's: SigV4 signs it); the length is ours. Encoded before a
-        # connection is taken: a value that is not latin-1 fails here, with no socket left behind.
+        # ``headers`` carry ``host`` (the caller's: SigV4 signs it); the length is ours. Checked and encoded before a
+        # connection is taken: nothing is sent, no socket is left behind.
         lines = [f"{method} {target} HTTP/1.1\r\ncontent-length: {len(body)}\r\n"]
         lines.extend(f"{k}: {v}\r\n" for k, v in headers.items())
         lines.append("\r\n")
+        head = "".join(lines)
+        # Exactly one line break per line: a CR or LF inside the target or a header would end the request early.
+        if head.count("\n") != len(headers) + 3 or head.count("\r") != len(headers) + 3:
+            raise ValueError("a line break inside the request target or a header")
         try:
-            payload = "".join(lines).encode("latin-1") + body
+            payload = head.encode("latin-1") + body
         except UnicodeEncodeError as exc:
             raise ValueError(f"a header that is not latin-1 ({exc.reason})") from None
         loop = asyncio.get_running_loop()
@@ -330,15 +321,12 @@ def _decoded(response: Response) -> Response:
     encoding = response.headers.get("content-encoding", "identity").strip().lower()
     if encoding in ("identity", "") or not response.body:  # an empty body (a 204, a bare error) has nothing to decode
         return response
-    if encoding in ("gzip", "x-gzip", "deflate"):
+    if encoding not in ("gzip", "x-gzip", "deflate"):
+        raise Disconnected(f"a body in an unsupported encoding ({encoding})")
+    # 47 = 32 + 15: a gzip or zlib header, detected; -15: raw deflate, as some servers send "deflate".
+    for wbits in (47, -15) if encoding == "deflate" else (47,):
         try:
-            body = zlib.decompress(response.body, 47)  # 32 + 15: gzip or zlib header, detected
+            return Response(response.status, response.headers, zlib.decompress(response.body, wbits))
         except zlib.error:
-            try:
-                if encoding != "deflate":
-                    raise
-                body = zlib.decompress(response.body, -15)  # raw deflate, as some servers send it
-            except zlib.error:
-                raise Disconnected(f"a {encoding} body that does not decompress") from None
-        return Response(response.status, response.headers, body)
-    raise Disconnected(f"a body in an unsupported encoding ({encoding})")
+            pass
+    raise Disconnected(f"a {encoding} body that does not decompress")

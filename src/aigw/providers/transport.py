@@ -331,7 +331,7 @@ class Upstream:
             raise UpstreamUnreachable(f"cannot connect to {name}: {exc}", provider=name) from None
         except LeanHttpError as exc:
             raise UpstreamUnreachable(f"connection to {name} broke ({exc})", provider=name) from None
-        except ValueError as exc:  # a line break in a configured header value: never sent
+        except ValueError as exc:  # a line break or a non-latin-1 character in a configured header: never sent
             raise UpstreamUnreachable(f"{name} request not sent ({exc})", provider=name) from None
         if 300 <= resp.status < 400:
             raise _redirected(name, resp.status)

@@ -213,7 +213,7 @@ class RespClient:
         failed_at = self._failed_at[i]
         async with asyncio.timeout(self._connect_timeout_s), self._locks[i]:
             conn = self._slots[i]
-            if conn is None or conn.lost or conn.transport is None or conn.transport.is_closing():
+            if conn is None or conn.lost or _closing(conn):
                 if self._failed_at[i] != failed_at:
                     raise RedisConnectionError(f"cannot connect to Redis at {self._host}:{self._port}")
                 try:
