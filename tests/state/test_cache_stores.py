@@ -212,17 +212,24 @@ async def test_redis_slow_call_times_out_as_a_miss() -> None:
 
 @pytest.mark.redis
 async def test_lean_client_set_is_on_the_wire_before_set_returns(redis_url: str) -> None:
-    """What the gateway relies on to answer before Redis does: once ``set`` has returned, a read sent afterwards on
-    another connection (another replica) finds the entry, with no wait for the SET's reply in between."""
+    """What the gateway relies on to answer before Redis does: once ``set`` has returned, the SET is in the kernel's
+    hands (nothing buffered in the client or the transport), so a response written next goes out after it; no wait
+    for the SET's reply in between. Redis does not order commands across connections, so visibility from another
+    connection is checked after a PING on each connection has come back (replies on one connection come in order)."""
     lean, other = RespClient(redis_url, connect_timeout_s=2), Redis.from_url(redis_url)
     try:
         s = RedisCacheStore(lean, prefix=PREFIX)
         await lean.ping()  # connected: set's only await is then the write
         for i in range(200):
             await s.set(f"w{i}", b"v%d" % i, 60)
-            # Written in this very turn of the loop (a response written next in the same turn goes out after it).
-            assert all(not conn._out for conn in lean._slots if conn is not None)
-            assert await other.get(f"{PREFIX}w{i}") == b"v%d" % i
+            live = [conn for conn in lean._slots if conn is not None]
+            assert live and all(not conn._out for conn in live)
+            assert all(conn.transport is not None and conn.transport.get_write_buffer_size() == 0 for conn in live)
+        for conn in lean._slots:
+            if conn is not None:
+                (pong,) = conn.send(b"*1\r\n$4\r\nPING\r\n", 1)
+                assert await pong == b"PONG"
+        assert await other.mget([f"{PREFIX}w{i}" for i in range(200)]) == [b"v%d" % i for i in range(200)]
         assert s.dropped_sets == 0 and s.redis_errors == 0
     finally:
         await lean.aclose()
