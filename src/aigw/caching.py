@@ -10,6 +10,7 @@ A store never raises (Redis trouble is a miss), and neither does anything here: 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -22,9 +23,9 @@ from aigw.config.model import AliasCache, CacheConfig
 from aigw.providers.base import ChatInput, StreamIdentity
 from aigw.routing import Target
 from aigw.schema.usage import Usage
-from aigw.state.cache_memory import CacheStore
+from aigw.state.cache_memory import CacheStore, PendingRead
 
-__all__ = ["CachePlan", "CacheStatus", "CachedAnswer", "ResponseCache"]
+__all__ = ["CachePlan", "CacheStatus", "CachedAnswer", "Lookup", "ResponseCache"]
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,31 @@ class CachedAnswer:
     def body(self, ident: StreamIdentity) -> bytes:
         """The stored answer under this response's own id: every response the gateway sends has its own."""
         return orjson.dumps({**self.completion, "id": ident.id, "created": ident.created})
+
+
+class Lookup:
+    """A cache read under way (``ResponseCache.lookup``): a store's pending read, or a task."""
+
+    __slots__ = ("_cache", "_pending", "_task")
+
+    def __init__(
+        self, cache: ResponseCache, pending: PendingRead | None, task: asyncio.Future[CachedAnswer | None] | None
+    ) -> None:
+        self._cache = cache
+        self._pending = pending
+        self._task = task
+
+    async def answer(self) -> CachedAnswer | None:
+        if self._pending is not None:
+            return self._cache._read(await self._pending.value())
+        assert self._task is not None
+        return await self._task
+
+    def cancel(self) -> None:
+        if self._pending is not None:
+            self._pending.cancel()
+        elif self._task is not None:
+            self._task.cancel()
 
 
 class ResponseCache:
@@ -81,7 +107,17 @@ class ResponseCache:
     async def get(self, plan: CachePlan) -> CachedAnswer | None:
         if plan.mode != "read_write":
             return None
-        raw = await self.store.get(plan.key)
+        return self._read(await self.store.get(plan.key))
+
+    def lookup(self, plan: CachePlan) -> Lookup:
+        """``get`` started now, to run while the caller awaits something else (the admission): without a task where
+        the store can send its read at once (``CacheStore.get_soon``)."""
+        pending = self.store.get_soon(plan.key) if plan.mode == "read_write" else None
+        if pending is not None:
+            return Lookup(self, pending, None)
+        return Lookup(self, None, asyncio.ensure_future(self.get(plan)))
+
+    def _read(self, raw: bytes | None) -> CachedAnswer | None:
         if raw is None:
             return None
         try:

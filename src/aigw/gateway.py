@@ -355,11 +355,11 @@ class Gateway:
             hit = await self.cache.get(plan)
             await self._admit(ctx, cached=hit is not None)
         else:
-            lookup = asyncio.ensure_future(self.cache.get(plan))
+            lookup = self.cache.lookup(plan)
             try:
                 await self._admit(ctx, speculative=True)
             except _TokensRefused as refused:
-                hit = await lookup
+                hit = await lookup.answer()
                 if hit is None:
                     self._rejected(p.tenant_id, "tpm")
                     raise refused.error from None
@@ -368,7 +368,7 @@ class Gateway:
                 lookup.cancel()
                 raise
             else:
-                hit = await lookup
+                hit = await lookup.answer()
         if self.cache is not None:
             ctx.cache = self.cache.status(plan, hit)
             if self.observer is not None:

@@ -234,3 +234,35 @@ def test_redis_unreachable_serves_every_request_uncached(
         tenants.close()
         gw.stop()
         reset_fakes(oai)
+
+
+@pytest.mark.redis
+def test_limited_tenant_hits_across_replicas_use_rpm_only(
+    twins: tuple[RunningGateway, RunningGateway], oai: FakeOpenAI, ask: str
+) -> None:
+    """A limited tenant's lookup runs alongside its admission (both on Redis, one round trip): a hit on the other
+    replica is served with the shared limits' headers, and once the shared TPM is spent a hit is still served
+    (it uses no tokens) while a miss is refused; every admitted request counts against the shared RPM (a refusal
+    writes nothing)."""
+    a, b = twins
+    tenants = Tenants(a)
+    try:
+        ta = tenants.new("limited", rate_limit_rpm=5, rate_limit_tpm=5)
+        tb = wait_for_key(tenants, b, ta.id, ta.key)
+        body = det("gpt", ask, max_tokens=100)
+        miss = ta.chat(body)  # alone in an empty window: admitted whatever its estimate, and spends the TPM
+        assert miss.status_code == 200 and cache_status(miss) == "miss", miss.text
+        assert miss.json()["usage"]["total_tokens"] > 5
+        hit = tb.chat(body)
+        assert hit.status_code == 200 and cache_status(hit) == "hit", hit.text
+        assert hit.headers["x-ratelimit-remaining-requests"] == "3", "B sees A's request in the shared window"
+        refused = tb.chat(det("gpt", ask + " other", max_tokens=1))
+        assert refused.status_code == 429 and refused.headers["x-ratelimit-remaining-tokens"] == "0", refused.text
+        assert cache_status(ta.chat(body)) == "hit" and cache_status(tb.chat(body)) == "hit"
+        last = tb.chat(body)  # the fifth admitted in the window
+        assert cache_status(last) == "hit" and last.headers["x-ratelimit-remaining-requests"] == "0"
+        over = ta.chat(body)
+        assert over.status_code == 429 and over.headers["x-ratelimit-remaining-requests"] == "0", over.text
+        assert len(oai.requests) == 1
+    finally:
+        tenants.close()

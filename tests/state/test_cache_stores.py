@@ -270,3 +270,114 @@ async def test_lean_client_set_whose_reply_fails_is_counted_and_backs_off() -> N
         await lean.aclose()
         server.close()
         await server.wait_closed()
+
+
+# ---- the lean client's GET without a task (get_soon): what the gateway overlaps with admission ------------------
+
+
+@pytest.mark.redis
+async def test_lean_client_get_soon_leaves_in_the_turns_write(redis_url: str) -> None:
+    lean = RespClient(redis_url, connect_timeout_s=2, command_timeout_s=2)
+    other = Redis.from_url(redis_url)
+    try:
+        s = RedisCacheStore(lean, prefix=PREFIX, op_timeout_s=None)
+        await other.set(f"{PREFIX}k", b"stored")
+        assert [await lean.ping() for _ in range(2)] == [True, True]  # both connections up
+        hit, miss = s.get_soon("k"), s.get_soon("absent")
+        assert hit is not None and miss is not None
+        queued = [conn for conn in lean._slots if conn is not None and conn._out]
+        assert len(queued) == 1 and len(queued[0]._out) == 2, "both GETs queued on one connection, not yet written"
+        assert await hit.value() == b"stored" and await miss.value() is None
+        assert s.skipped_gets == 0 and s.redis_errors == 0
+    finally:
+        await lean.aclose()
+        await other.aclose()
+
+
+async def test_get_soon_only_where_the_client_bounds_its_commands(redis_url: str) -> None:
+    """Not with redis-py, not with a guard timer of the store's own, not while Redis is skipped: ``get`` then."""
+    py = Redis.from_url(redis_url)
+    lean = RespClient(redis_url, connect_timeout_s=2, command_timeout_s=2)
+    try:
+        assert RedisCacheStore(py, prefix=PREFIX, op_timeout_s=None).get_soon("k") is None
+        assert RedisCacheStore(lean, prefix=PREFIX, op_timeout_s=1.0).get_soon("k") is None
+        assert RedisCacheStore(lean, prefix=PREFIX, op_timeout_s=None).get_soon("k") is None, "no connection yet"
+        assert MemoryCacheStore(max_bytes=1 << 10).get_soon("k") is None
+    finally:
+        await lean.aclose()
+        await py.aclose()
+
+
+async def _one_shot_server(reply_to_ping: bool) -> tuple[asyncio.Server, asyncio.Event]:
+    """A server that answers a PING, then reads one more batch of commands and closes without a reply."""
+    got = asyncio.Event()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        data = await reader.read(1 << 16)
+        if reply_to_ping and b"PING" in data:
+            writer.write(b"+PONG\r\n")
+            await writer.drain()
+            await reader.read(1 << 16)
+        got.set()
+        writer.close()
+
+    return await asyncio.start_server(serve, "127.0.0.1", 0), got
+
+
+async def test_get_soon_whose_connection_fails_is_a_counted_miss() -> None:
+    server, _ = await _one_shot_server(reply_to_ping=True)
+    port = server.sockets[0].getsockname()[1]
+    lean = RespClient(f"redis://127.0.0.1:{port}/0", connect_timeout_s=2, command_timeout_s=5, connections=1)
+    try:
+        s = RedisCacheStore(lean, prefix=PREFIX, op_timeout_s=None, retry_interval_s=60)
+        await lean.ping()
+        pending = s.get_soon("k")
+        assert pending is not None
+        assert await pending.value() is None
+        assert s.skipped_gets == 1 and s.redis_errors == 1 and s.degraded
+        assert s.get_soon("k") is None, "skipped while Redis is down: get() answers without a round trip"
+    finally:
+        await lean.aclose()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_get_soon_given_up_after_its_reply_failed_is_still_counted() -> None:
+    """A lookup cancelled (its request refused) after its connection failed: the failure is still counted and
+    starts the back-off, and nothing is left unretrieved."""
+    server, got = await _one_shot_server(reply_to_ping=True)
+    port = server.sockets[0].getsockname()[1]
+    lean = RespClient(f"redis://127.0.0.1:{port}/0", connect_timeout_s=2, command_timeout_s=5, connections=1)
+    try:
+        s = RedisCacheStore(lean, prefix=PREFIX, op_timeout_s=None, retry_interval_s=60)
+        await lean.ping()
+        pending = s.get_soon("k")
+        assert pending is not None
+        await asyncio.wait_for(got.wait(), 5)
+        conn = next(c for c in lean._slots if c is not None)
+        while not conn.lost:  # the close reaches the client a turn or two after the server's
+            await asyncio.sleep(0)
+        pending.cancel()
+        assert s.skipped_gets == 1 and s.redis_errors == 1 and s.degraded
+    finally:
+        await lean.aclose()
+        server.close()
+        await server.wait_closed()
+
+
+@pytest.mark.redis
+async def test_get_soon_given_up_before_its_reply_does_not_shift_replies(redis_url: str) -> None:
+    lean = RespClient(redis_url, connect_timeout_s=2, command_timeout_s=2, connections=1)
+    other = Redis.from_url(redis_url)
+    try:
+        s = RedisCacheStore(lean, prefix=PREFIX, op_timeout_s=None)
+        await other.set(f"{PREFIX}given-up", b"not yours")
+        await lean.ping()
+        pending = s.get_soon("given-up")
+        assert pending is not None
+        pending.cancel()
+        assert await lean.get("absent-key") is None, "the cancelled GET's reply went to the next command"
+        assert s.skipped_gets == 0 and s.redis_errors == 0
+    finally:
+        await lean.aclose()
+        await other.aclose()

@@ -72,10 +72,11 @@ async def test_replies_reach_their_own_commands_under_concurrency(client: RespCl
     assert sorted(totals) == list(range(1, 1001))
 
 
-async def test_one_turns_commands_share_one_write_and_submit_returns_once_written(client: RespClient) -> None:
+async def test_one_turns_commands_share_one_write_and_submit_writes_at_once(client: RespClient) -> None:
     """Commands issued in one turn of the loop leave in one write on one connection (a system call and a wake-up
-    per turn, not per command or per connection); ``submit`` returns only after its command was written, so what
-    the caller writes next (a response) cannot overtake it."""
+    per turn, not per command or per connection); ``submit`` writes its command, and those queued before it in the
+    turn, before it returns, so what the caller writes next (a response) cannot overtake it, and the caller goes on
+    without waiting for the turn's end."""
     assert [await client.ping() for _ in range(2)] == [True, True]  # both connections made, one turn each
     assert all(conn is not None for conn in client._slots)
     writes: list[bytes] = []
@@ -91,12 +92,13 @@ async def test_one_turns_commands_share_one_write_and_submit_returns_once_writte
 
     async def store(key: str) -> Any:
         reply = await client.submit("SET", key, "v")
-        assert writes, "submit returned before its command was written"
+        assert writes and writes[-1].endswith(b"$3\r\nSET\r\n$1\r\na\r\n$1\r\nv\r\n"), "returned before written"
         return await reply
 
-    results = await asyncio.gather(store("a"), store("b"), client.incrby("n", 2), client.get("a"))
-    assert list(results[:3]) == [b"OK", b"OK", 2]
-    assert len(writes) == 1 and writes[0].count(b"\r\n*") == 3, "four commands, one write"
+    results = await asyncio.gather(client.incrby("n", 2), client.get("a"), store("a"), client.get("a"))
+    assert list(results) == [2, None, b"OK", b"v"], "replies in the order the commands were issued"
+    assert len(writes) == 2, "the turn's commands up to the SET in one write, the one issued after it at the turn's end"
+    assert writes[0].count(b"*") == 3 and writes[0].startswith(b"*3\r\n$6\r\nINCRBY") and writes[1].count(b"*") == 1
 
 
 async def test_a_command_given_up_does_not_shift_the_replies(url: str) -> None:

@@ -7,11 +7,24 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Protocol
 
-__all__ = ["CacheStore", "MemoryCacheStore"]
+__all__ = ["CacheStore", "MemoryCacheStore", "PendingRead"]
+
+
+class PendingRead(Protocol):
+    """A read under way (``CacheStore.get_soon``). ``value`` answers as ``get`` would, a miss for Redis trouble
+    included; ``cancel`` gives it up (its reply is still read and dropped)."""
+
+    async def value(self) -> bytes | None: ...
+
+    def cancel(self) -> None: ...
 
 
 class CacheStore(Protocol):
     async def get(self, key: str) -> bytes | None: ...
+
+    def get_soon(self, key: str) -> PendingRead | None:
+        """The read sent at once without a task (it leaves in this turn's write with the commands issued after it),
+        or None when the store cannot: then await ``get``."""
 
     async def set(self, key: str, value: bytes, ttl_s: int) -> None: ...
 
@@ -39,6 +52,9 @@ class MemoryCacheStore:
             return None
         self._entries.move_to_end(key)
         return value
+
+    def get_soon(self, key: str) -> PendingRead | None:
+        return None  # get() never waits: nothing to overlap
 
     async def set(self, key: str, value: bytes, ttl_s: int) -> None:
         if key in self._entries:

@@ -11,6 +11,9 @@ import asyncio
 import logging
 from typing import Any
 
+from redis.exceptions import RedisError
+
+from aigw.state.cache_memory import PendingRead
 from aigw.state.redis_calls import REDIS_DOWN, GuardedStore, RedisClient, RedisGuard
 from aigw.state.resp import RespClient
 
@@ -44,10 +47,25 @@ class RedisCacheStore(GuardedStore):
         self.skipped_gets += 1
         return None
 
+    def get_soon(self, key: str) -> PendingRead | None:
+        """The GET queued on the lean client's connection in this turn, its reply read without a task (the
+        admission's script leaves in the same write). Only where the client bounds its commands (its watchdog);
+        not while Redis is being skipped (``get`` answers that without a round trip)."""
+        client = self._redis
+        if not isinstance(client, RespClient) or not self._guard.client_bounded or self._guard.degraded:
+            return None
+        reply = client.send_nowait("GET", self._key(key))
+        return None if reply is None else _PendingGet(self, reply)
+
+    def _missed(self, exc: BaseException) -> None:
+        self.skipped_gets += 1
+        self._guard.failed(exc)
+
     async def set(self, key: str, value: bytes, ttl_s: int) -> None:
         """Returns once the entry is on its way: with the lean client, when the SET has been written, not when
         Redis has answered (ADR 0010). A client reading the response this write precedes, then asking any replica,
-        finds the entry: Redis runs the SET before a GET sent after it, whichever connection carries the GET."""
+        finds the entry: by then the SET has long been read by Redis (across connections Redis orders commands by
+        when it reads them, so only a GET sent within microseconds of the SET could overtake it)."""
         if ttl_s <= 0:
             return
         name = self._key(key)
@@ -69,6 +87,29 @@ class RedisCacheStore(GuardedStore):
         if reply.cancelled() or exc is not None:
             self.dropped_sets += 1
             self._guard.failed(exc if exc is not None else asyncio.CancelledError())
+
+
+class _PendingGet:
+    __slots__ = ("_reply", "_store")
+
+    def __init__(self, store: RedisCacheStore, reply: asyncio.Future[Any]) -> None:
+        self._store = store
+        self._reply = reply
+
+    async def value(self) -> bytes | None:
+        try:
+            value = await self._reply
+        except (RedisError, OSError) as exc:  # what the client fails a command with (its timeout included)
+            self._store._missed(exc)
+            return None
+        return value if isinstance(value, bytes) else None
+
+    def cancel(self) -> None:
+        reply = self._reply
+        if not reply.done():
+            reply.cancel()  # the client reads the reply and drops it
+        elif not reply.cancelled() and (exc := reply.exception()) is not None:
+            self._store._missed(exc)
 
 
 def _warn(exc: BaseException) -> None:
