@@ -3,17 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 
+from aigw.caching import CachePlan, ResponseCache
+from aigw.config.model import CacheConfig
+from aigw.schema.usage import Usage
 from aigw.state.cache_memory import CacheStore, MemoryCacheStore
 from aigw.state.cache_redis import RedisCacheStore
 from aigw.state.resp import RespClient
 
 PREFIX = "aigw:test:cache:"
+ANSWER = (
+    b'{"id":"chatcmpl-1","object":"chat.completion","created":1,"model":"gpt-4o-mini","choices":[{"index":0,'
+    b'"message":{"role":"assistant","content":"hi"},"finish_reason":"stop"}]}'
+)
 
 
 class Clock:
@@ -283,21 +292,34 @@ async def test_lean_client_get_soon_leaves_in_the_turns_write(redis_url: str) ->
         s = RedisCacheStore(lean, prefix=PREFIX, op_timeout_s=None)
         await other.set(f"{PREFIX}k", b"stored")
         assert [await lean.ping() for _ in range(2)] == [True, True]  # both connections up
+        writes: list[bytes] = []
+        for conn in lean._slots:  # the default loop's transports take an instance attribute (uvloop's would not)
+            if conn is not None and conn.transport is not None:
+                real = conn.transport.write
+
+                def counting(data: bytes | bytearray | memoryview, real: Any = real) -> None:
+                    writes.append(bytes(data))
+                    real(data)
+
+                conn.transport.write = counting  # type: ignore[method-assign]
         hit, miss = s.get_soon("k"), s.get_soon("absent")
-        assert hit is not None and miss is not None
-        queued = [conn for conn in lean._slots if conn is not None and conn._out]
-        assert len(queued) == 1 and len(queued[0]._out) == 2, "both GETs queued on one connection, not yet written"
-        assert await hit.value() == b"stored" and await miss.value() is None
+        assert hit is not None and miss is not None and not writes, "queued, not written on their own"
+        then = lean.send_nowait("INCRBY", "issued-later-in-the-turn", 1)  # as the limiter's script is sent
+        assert then is not None
+        assert await hit.value() == b"stored" and await miss.value() is None and await then == 1
+        assert len(writes) == 1 and writes[0].count(b"*") == 3, "the GETs left with the turn's other command"
         assert s.skipped_gets == 0 and s.redis_errors == 0
     finally:
         await lean.aclose()
         await other.aclose()
 
 
-async def test_get_soon_only_where_the_client_bounds_its_commands(redis_url: str) -> None:
-    """Not with redis-py, not with a guard timer of the store's own, not while Redis is skipped: ``get`` then."""
-    py = Redis.from_url(redis_url)
-    lean = RespClient(redis_url, connect_timeout_s=2, command_timeout_s=2)
+async def test_get_soon_only_where_the_client_bounds_its_commands() -> None:
+    """Not with redis-py, not with a guard timer of the store's own, not before a connection is up: ``get`` then.
+    (Not while Redis is being skipped either: test_get_soon_whose_connection_fails_is_a_counted_miss.)"""
+    url = "redis://127.0.0.1:1/0"  # never connected to
+    py = Redis.from_url(url)
+    lean = RespClient(url, connect_timeout_s=2, command_timeout_s=2)
     try:
         assert RedisCacheStore(py, prefix=PREFIX, op_timeout_s=None).get_soon("k") is None
         assert RedisCacheStore(lean, prefix=PREFIX, op_timeout_s=1.0).get_soon("k") is None
@@ -308,13 +330,13 @@ async def test_get_soon_only_where_the_client_bounds_its_commands(redis_url: str
         await py.aclose()
 
 
-async def _one_shot_server(reply_to_ping: bool) -> tuple[asyncio.Server, asyncio.Event]:
+async def _one_shot_server() -> tuple[asyncio.Server, asyncio.Event]:
     """A server that answers a PING, then reads one more batch of commands and closes without a reply."""
     got = asyncio.Event()
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         data = await reader.read(1 << 16)
-        if reply_to_ping and b"PING" in data:
+        if b"PING" in data:
             writer.write(b"+PONG\r\n")
             await writer.drain()
             await reader.read(1 << 16)
@@ -325,7 +347,7 @@ async def _one_shot_server(reply_to_ping: bool) -> tuple[asyncio.Server, asyncio
 
 
 async def test_get_soon_whose_connection_fails_is_a_counted_miss() -> None:
-    server, _ = await _one_shot_server(reply_to_ping=True)
+    server, _ = await _one_shot_server()
     port = server.sockets[0].getsockname()[1]
     lean = RespClient(f"redis://127.0.0.1:{port}/0", connect_timeout_s=2, command_timeout_s=5, connections=1)
     try:
@@ -345,20 +367,27 @@ async def test_get_soon_whose_connection_fails_is_a_counted_miss() -> None:
 async def test_get_soon_given_up_after_its_reply_failed_is_still_counted() -> None:
     """A lookup cancelled (its request refused) after its connection failed: the failure is still counted and
     starts the back-off, and nothing is left unretrieved."""
-    server, got = await _one_shot_server(reply_to_ping=True)
+    server, got = await _one_shot_server()
     port = server.sockets[0].getsockname()[1]
     lean = RespClient(f"redis://127.0.0.1:{port}/0", connect_timeout_s=2, command_timeout_s=5, connections=1)
     try:
         s = RedisCacheStore(lean, prefix=PREFIX, op_timeout_s=None, retry_interval_s=60)
         await lean.ping()
+        loop = asyncio.get_running_loop()
+        unhandled: list[dict[str, Any]] = []
+        loop.set_exception_handler(lambda _, context: unhandled.append(context))
         pending = s.get_soon("k")
         assert pending is not None
         await asyncio.wait_for(got.wait(), 5)
         conn = next(c for c in lean._slots if c is not None)
-        while not conn.lost:  # the close reaches the client a turn or two after the server's
-            await asyncio.sleep(0)
+        async with asyncio.timeout(5):
+            while not conn.lost:  # the close reaches the client a turn or two after the server's
+                await asyncio.sleep(0)
         pending.cancel()
         assert s.skipped_gets == 1 and s.redis_errors == 1 and s.degraded
+        del pending
+        gc.collect()
+        assert not unhandled, "a failed reply was left unretrieved"
     finally:
         await lean.aclose()
         server.close()
@@ -381,3 +410,24 @@ async def test_get_soon_given_up_before_its_reply_does_not_shift_replies(redis_u
     finally:
         await lean.aclose()
         await other.aclose()
+
+
+@pytest.mark.redis
+async def test_response_cache_lookup_runs_without_a_task_on_the_lean_client(redis_url: str) -> None:
+    """What the gateway's admission overlaps with: on the lean client the lookup is a GET in flight, no task; on a
+    store that cannot send at once (memory) it is a task. Both answer the stored entry."""
+    lean = RespClient(redis_url, connect_timeout_s=2, command_timeout_s=2)
+    try:
+        assert [await lean.ping() for _ in range(2)] == [True, True]
+        for store in (RedisCacheStore(lean, prefix=PREFIX, op_timeout_s=None), MemoryCacheStore(1 << 20)):
+            rc = ResponseCache(store, CacheConfig(enabled=True, ttl_s=60), {})
+            plan = CachePlan(f"lookup-{type(store).__name__}", "read_write", 60)
+            await rc.put(plan, provider="openai", upstream_model="gpt-4o-mini", usage=Usage(3, 4), completion=ANSWER)
+            tasks = len(asyncio.all_tasks())
+            lookup = rc.lookup(plan)
+            started = len(asyncio.all_tasks()) - tasks
+            assert started == (0 if isinstance(store, RedisCacheStore) else 1), type(store).__name__
+            hit = await lookup.answer()
+            assert hit is not None and hit.provider == "openai" and hit.usage == Usage(3, 4)
+    finally:
+        await lean.aclose()

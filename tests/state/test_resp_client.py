@@ -80,12 +80,14 @@ async def test_one_turns_commands_share_one_write_and_submit_writes_at_once(clie
     assert [await client.ping() for _ in range(2)] == [True, True]  # both connections made, one turn each
     assert all(conn is not None for conn in client._slots)
     writes: list[bytes] = []
-    for conn in client._slots:  # the default loop's transports take an instance attribute (uvloop's would not)
+    on: list[int] = []  # the slot of each write
+    for slot, conn in enumerate(client._slots):  # the default loop's transports take an instance attribute
         if conn is not None and conn.transport is not None:
             real = conn.transport.write
 
-            def counting(data: bytes | bytearray | memoryview, real: Any = real) -> None:
+            def counting(data: bytes | bytearray | memoryview, real: Any = real, slot: int = slot) -> None:
                 writes.append(bytes(data))
+                on.append(slot)
                 real(data)
 
             conn.transport.write = counting  # type: ignore[method-assign]
@@ -96,8 +98,9 @@ async def test_one_turns_commands_share_one_write_and_submit_writes_at_once(clie
         return await reply
 
     results = await asyncio.gather(client.incrby("n", 2), client.get("a"), store("a"), client.get("a"))
-    assert list(results) == [2, None, b"OK", b"v"], "replies in the order the commands were issued"
+    assert list(results) == [2, None, b"OK", b"v"], "one connection: commands run in the order they were issued"
     assert len(writes) == 2, "the turn's commands up to the SET in one write, the one issued after it at the turn's end"
+    assert on[0] == on[1], "the turn keeps its connection after the early write"
     assert writes[0].count(b"*") == 3 and writes[0].startswith(b"*3\r\n$6\r\nINCRBY") and writes[1].count(b"*") == 1
 
 
@@ -247,3 +250,65 @@ async def test_commands_waiting_on_a_failing_reconnect_fail_with_it() -> None:
         await c.aclose()
         server.close()
         await server.wait_closed()
+
+
+async def test_submit_waits_while_the_kernel_buffer_is_full() -> None:
+    """``submit`` returns once its command is in the kernel's hands: while Redis is not reading and the socket's
+    buffer is full, the rest of the command waits in the transport, and so does the caller."""
+    reading = asyncio.Event()
+    received = 0
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal received
+        await reader.readuntil(b"PING\r\n")
+        writer.write(b"+PONG\r\n")
+        await reader.read(1)  # the SET has started to arrive; stop reading until told
+        await reading.wait()
+        while received < len(big) - 1:
+            received += len(await reader.read(1 << 20))
+        writer.write(b"+OK\r\n")
+        await writer.drain()
+
+    big = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$%d\r\n%s\r\n" % (32 << 20, b"x" * (32 << 20))
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    c = RespClient(f"redis://127.0.0.1:{port}/0", connect_timeout_s=2, command_timeout_s=30, connections=1)
+    try:
+        assert await c.ping() is True
+        stored = asyncio.ensure_future(c.submit("SET", "k", b"x" * (32 << 20)))
+        conn = c._slots[0]
+        assert conn is not None
+        async with asyncio.timeout(5):
+            while conn.drained is None:  # 32 MiB do not fit in a loopback socket's buffers
+                await asyncio.sleep(0)
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert not stored.done(), "submit returned with its command still in the transport's buffer"
+        reading.set()
+        reply = await asyncio.wait_for(stored, 10)
+        assert conn.transport is not None and conn.transport.get_write_buffer_size() == 0
+        assert await asyncio.wait_for(reply, 10) == b"OK"
+    finally:
+        await c.aclose()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_send_nowait_brings_a_dropped_connection_back(client: RespClient) -> None:
+    """A slot dropped (by the watchdog, or Redis closing it) is reconnected in the background when ``send_nowait``
+    finds it down, while the command goes on the connection that is up: a caller that only ever sends this way
+    must not be left on one connection for good."""
+    assert [await client.ping() for _ in range(2)] == [True, True]
+    dropped = client._slots[0]
+    assert dropped is not None and dropped.transport is not None
+    dropped.transport.abort()
+    async with asyncio.timeout(5):
+        while not dropped.lost:
+            await asyncio.sleep(0)
+    replies = [client.send_nowait("INCRBY", "sent-anyway", 1) for _ in range(4)]
+    assert all(r is not None for r in replies), "a connection was up: nothing to fall back for"
+    assert sorted([await r for r in replies if r is not None]) == [1, 2, 3, 4]
+    reconnect = client._reconnects[0]
+    assert reconnect is not None
+    fresh = await asyncio.wait_for(reconnect, 5)
+    assert client._slots[0] is fresh and fresh is not dropped and not fresh.lost

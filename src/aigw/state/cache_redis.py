@@ -65,7 +65,8 @@ class RedisCacheStore(GuardedStore):
         """Returns once the entry is on its way: with the lean client, when the SET has been written, not when
         Redis has answered (ADR 0010). A client reading the response this write precedes, then asking any replica,
         finds the entry: by then the SET has long been read by Redis (across connections Redis orders commands by
-        when it reads them, so only a GET sent within microseconds of the SET could overtake it)."""
+        when it reads them, so only a GET sent within microseconds of the SET, or a very large entry still crossing
+        a slow link, could be overtaken; that GET is a miss, never a wrong answer)."""
         if ttl_s <= 0:
             return
         name = self._key(key)

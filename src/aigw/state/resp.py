@@ -63,14 +63,16 @@ class _Connection(asyncio.Protocol):
         self.waiting: deque[asyncio.Future[Any]] = deque()
         self.sent_at: deque[float] = deque()  # loop time each waiting command was written, in the same order
         self._out: list[bytes] = []  # commands written during this turn of the loop, sent together at its end
+        self._turn = False  # commands were issued on this connection in this turn of the loop
         self._reader = hiredis.Reader(replyError=ResponseError)
         self.lost = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.drained: asyncio.Future[None] | None = None  # set while the transport holds unsent bytes
 
     @property
     def pending(self) -> bool:
-        """Commands of this turn of the loop are queued, not yet written."""
-        return bool(self._out)
+        """Commands were issued here in this turn of the loop (written early by ``submit`` or not yet written)."""
+        return self._turn
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A stream transport (uvloop's does not subclass asyncio.Transport, so no isinstance check).
@@ -81,6 +83,18 @@ class _Connection(asyncio.Protocol):
         if sock is not None:
             with contextlib.suppress(OSError, AttributeError):  # small writes must not wait for ACKs (Nagle)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # Told as soon as a write leaves bytes in the transport (the kernel's buffer is full), and again once every
+        # byte is in the kernel's hands: ``submit`` waits for that (its command must precede what the caller writes).
+        self.transport.set_write_buffer_limits(high=0)
+
+    def pause_writing(self) -> None:
+        if self.drained is None and self._loop is not None:
+            self.drained = self._loop.create_future()
+
+    def resume_writing(self) -> None:
+        drained, self.drained = self.drained, None
+        if drained is not None and not drained.done():
+            drained.set_result(None)
 
     def data_received(self, data: bytes) -> None:
         self._reader.feed(data)
@@ -103,6 +117,7 @@ class _Connection(asyncio.Protocol):
     def fail(self, error: Exception) -> None:
         self.lost = True
         self.sent_at.clear()
+        self.resume_writing()  # nothing more will be written: a waiting submit goes on (its reply fails below)
         while self.waiting:
             future = self.waiting.popleft()
             if not future.done():
@@ -116,16 +131,26 @@ class _Connection(asyncio.Protocol):
         self.sent_at.extend([loop.time()] * count)
         # Coalesced: every command issued in this turn of the event loop goes out in one write (one syscall) when
         # the turn ends, instead of a syscall each; the order on the wire is still the order of ``waiting``.
-        if not self._out:
-            loop.call_soon(self.flush)
+        if not self._turn:
+            self._turn = True
+            loop.call_soon(self._end_turn)
         self._out.append(payload)
         return futures
+
+    def _end_turn(self) -> None:
+        self._turn = False
+        self.flush()
 
     def flush(self) -> None:
         """Write what this turn has queued so far (at the turn's end, or at once for ``submit``)."""
         out, self._out = self._out, []
         if out and self.transport is not None and not self.transport.is_closing():
             self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 def _closing(conn: _Connection) -> bool:
@@ -153,6 +178,7 @@ class RespClient:
         self._watchdog: asyncio.TimerHandle | None = None
         self._locks = [asyncio.Lock() for _ in range(connections)]
         self._failed_at: list[float | None] = [None] * connections  # when the slot's last reconnect failed
+        self._reconnects: list[asyncio.Task[_Connection] | None] = [None] * connections  # started by send_nowait
         self._next = itertools.cycle(range(connections))
         self._last = 0
 
@@ -171,18 +197,33 @@ class RespClient:
 
     def send_nowait(self, *args: _Arg) -> asyncio.Future[Any] | None:
         """Queue a command for this turn's write without awaiting anything and return the future of its reply;
-        None when a connection would first have to be made (then await ``execute``). Bounded by the watchdog."""
-        _, conn = self._live()
+        None when no connection is up (then await ``execute``). Bounded by the watchdog.
+
+        A slot found down is reconnected in the background while the command goes on another connection: callers
+        that only ever use this method would otherwise never bring it back (``execute`` reconnects by waiting)."""
+        i, conn = self._live()
         if conn is None:
-            return None
+            self._reconnect_soon(i)
+            conn = next((c for c in self._slots if c is not None and not c.lost and not _closing(c)), None)
+            if conn is None:
+                return None
         (future,) = conn.send(_pack(args), 1)
         self._watch()
         return future
+
+    def _reconnect_soon(self, i: int) -> None:
+        running = self._reconnects[i]
+        if running is None or running.done():
+            task = self._reconnects[i] = asyncio.get_running_loop().create_task(self._connect_slot(i))
+            task.add_done_callback(_retrieve)  # a failure is the next caller's to see (the slot's failed_at)
 
     async def _connection(self) -> _Connection:
         i, conn = self._live()
         if conn is not None:
             return conn
+        return await self._connect_slot(i)
+
+    async def _connect_slot(self, i: int) -> _Connection:
         # One reconnect per slot, however many commands wait for it, and one wait: the commands queued behind a
         # failed attempt fail with it (until the attempt's own time has passed) instead of each trying again in
         # turn, the k-th after k connect timeouts.
@@ -242,6 +283,12 @@ class RespClient:
         (future,) = conn.send(_pack(args), 1)
         self._watch()
         conn.flush()
+        if conn.drained is not None:  # the kernel's buffer is full: the command is not in its hands yet
+            try:
+                await asyncio.shield(conn.drained)
+            except asyncio.CancelledError:
+                future.add_done_callback(_retrieve)  # nobody will look at the reply: no "never retrieved" warning
+                raise
         return future
 
     async def execute_many(self, commands: Sequence[Sequence[_Arg]]) -> list[Any]:
@@ -317,6 +364,9 @@ class RespClient:
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
+        for task in self._reconnects:
+            if task is not None:
+                task.cancel()
         for i, conn in enumerate(self._slots):
             if conn is not None and conn.transport is not None:
                 conn.transport.close()
