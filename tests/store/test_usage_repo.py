@@ -172,6 +172,17 @@ async def test_a_bad_record_fails_the_whole_batch(repo: UsageRepo) -> None:
     assert await repo.count("t") == 3
 
 
+async def test_a_bad_record_in_a_later_copy_fails_the_whole_batch(repo: UsageRepo) -> None:
+    """PostgreSQL gets a large batch in several COPYs (store.bulk): one failing late takes the earlier ones back."""
+    batch = [record("t", n) for n in range(250)]
+    batch[230] = record("t", 230, model=None)
+    with pytest.raises(Exception, match=r"(?i)null"):
+        await repo.insert_many(batch)
+    assert await repo.count("t") == 0
+    await repo.insert_many(batch[:230])
+    assert await repo.count("t") == 230 and (await repo.tenant_usage("t")).requests == 230
+
+
 async def test_naive_created_at_is_refused(repo: UsageRepo) -> None:
     with pytest.raises(Exception, match="naive"):
         await repo.insert_many([record("t", 0, created_at=datetime(2026, 1, 1))])
