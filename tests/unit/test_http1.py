@@ -417,3 +417,101 @@ async def test_no_timer_outlives_its_exchange(server: Scripted, pool: Http1Pool)
     loop = asyncio.get_running_loop()
     pending = [h for h in getattr(loop, "_scheduled", []) if not h.cancelled() and "_check" in repr(h)]
     assert pending == []
+
+
+def _answer(status: bytes, body: bytes, *headers: bytes) -> Handler:
+    async def handler(request: bytes, writer: asyncio.StreamWriter) -> bool:
+        head = b"HTTP/1.1 %s\r\nContent-Length: %d\r\n%s\r\n" % (
+            status,
+            len(body),
+            b"".join(h + b"\r\n" for h in headers),
+        )
+        writer.write(head + body)
+        return True
+
+    return handler
+
+
+async def test_gzip_members_are_all_read_and_trailing_bytes_refused(server: Scripted, pool: Http1Pool) -> None:
+    two = gzip.compress(b'{"a":') + gzip.compress(b"1}")
+    server.handler = _answer(b"200 OK", two, b"Content-Encoding: gzip")
+    assert (await server.call(pool)).body == b'{"a":1}', "a gzip body may hold several members"
+    server.handler = _answer(b"200 OK", gzip.compress(b"{}") + b"GARBAGE", b"Content-Encoding: gzip")
+    with pytest.raises(Disconnected, match="does not decompress"):
+        await server.call(pool)
+    server.handler = _answer(b"200 OK", zlib.compress(b"{}") + b"junk", b"Content-Encoding: deflate")
+    with pytest.raises(Disconnected, match="does not decompress"):
+        await server.call(pool)
+
+
+async def test_a_decompression_bomb_is_bounded(
+    server: Scripted, pool: Http1Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past the bound a success body is refused and an error body is cut (only its message is read), instead of
+    the whole expansion being held in memory."""
+    monkeypatch.setattr("aigw.providers.http1.MAX_BODY", 1 << 20)
+    bomb = gzip.compress(b"0" * (8 << 20))  # 8 MiB from ~8 KiB
+    server.handler = _answer(b"200 OK", bomb, b"Content-Encoding: gzip")
+    with pytest.raises(Disconnected, match="over 1 MiB once decompressed"):
+        await server.call(pool)
+    server.handler = _answer(b"500 Internal Server Error", bomb, b"Content-Encoding: gzip")
+    response = await server.call(pool)
+    assert response.status == 500 and response.body == b"0" * (64 << 10)
+
+
+async def test_oversized_bodies_and_headers_are_refused(
+    server: Scripted, pool: Http1Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("aigw.providers.http1.MAX_BODY", 1 << 16)
+    server.handler = _answer(b"200 OK", b"x" * ((1 << 16) + 1))
+    with pytest.raises(Disconnected, match="body over"):
+        await server.call(pool)
+    server.handler = _answer(b"200 OK", b"x" * (1 << 16))
+    assert len((await server.call(pool)).body) == 1 << 16, "the bound itself is allowed"
+    server.handler = _answer(b"200 OK", b"{}", *(b"X-Filler-%d: v" % i for i in range(300)))
+    with pytest.raises(Disconnected, match="response headers over"):
+        await server.call(pool)
+    server.handler = _answer(b"200 OK", b"{}", b"X-Huge: " + b"v" * (300 << 10))
+    with pytest.raises(Disconnected, match="response headers over"):
+        await server.call(pool)
+    server.handler = ok
+    assert (await server.call(pool)).status == 200, "the pool is still usable"
+
+
+async def test_chunked_trailers_do_not_override_headers(server: Scripted, pool: Http1Pool) -> None:
+    async def trailer(request: bytes, writer: asyncio.StreamWriter) -> bool:
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: application/json\r\nTrailer: Content-Type\r\n"
+            b"\r\n2\r\n{}\r\n0\r\nContent-Type: text/evil\r\nX-Late: 1\r\n\r\n"
+        )
+        return True
+
+    server.handler = trailer
+    response = await server.call(pool)
+    assert response.body == b"{}" and response.headers["content-type"] == "application/json"
+    assert "x-late" not in response.headers
+
+
+async def test_an_error_after_a_large_body_is_not_reused(server: Scripted, pool: Http1Pool) -> None:
+    """An error answer to a large request may have come before the server read the whole body, and part of it
+    may still sit unsent where the client cannot see it (under TLS): that connection is never reused."""
+    server.handler = _answer(b"413 Payload Too Large", b'{"error":"too large"}')
+    assert (await server.call(pool, body=b"x" * (64 << 10))).status == 413
+    assert not any(pool._idle.values()), "closed, not pooled"
+    assert (await server.call(pool, body=b"{}")).status == 413
+    assert sum(len(v) for v in pool._idle.values()) == 1, "a small request's error leaves a reusable connection"
+    server.handler = ok
+    assert (await server.call(pool, body=b"x" * (64 << 10))).status == 200
+    assert server.connections == 2
+
+
+async def test_idle_connections_are_swept_without_further_calls(server: Scripted) -> None:
+    """A connection left idle past the keep-alive time is closed even when its origin is never called again."""
+    pool = Http1Pool(keepalive_s=0.05)
+    try:
+        assert (await server.call(pool)).status == 200
+        [idle] = [conn for conns in pool._idle.values() for conn in conns]
+        await asyncio.wait_for(server.ended.wait(), 5)  # the server sees the client close it
+        assert idle.closed and not pool._idle and pool._sweeper is None, "nothing idle: the sweeper stops"
+    finally:
+        pool.close()

@@ -40,6 +40,18 @@ class TimedOut(HttpError):
     """A timeout passed (the message says which)."""
 
 
+# Bounds on what an upstream may send (aiohttp, which this replaces, bounds header lines and counts; a body here is
+# held whole, so it is bounded too). A body this large is no LLM answer; embeddings of thousands of long vectors as
+# JSON floats stay well under it.
+MAX_BODY = 256 << 20  # bytes of body, as received and once decompressed
+MAX_ERROR_BODY = 64 << 10  # an error status's body, once decompressed: only its message is read (transport.py)
+MAX_HEADERS = 256
+MAX_HEADER_BYTES = 256 << 10
+# A request body larger than this may still sit unsent in a buffer the client cannot see (under TLS, the TCP
+# transport's) when the server answers early, with an error, without reading it: the connection is then not reused.
+_EARLY_REPLY_SAFE = 16 << 10
+
+
 @dataclass(frozen=True, slots=True)
 class Response:
     status: int
@@ -72,8 +84,10 @@ class _Conn(asyncio.Protocol):
         self._parser = httptools.HttpResponseParser(self)
         self._waiter: asyncio.Future[Response] | None = None
         self._headers: dict[str, str] = {}
-        self._header_name = b""
+        self._header_bytes = 0
+        self._header_count = 0
         self._body: list[bytes] = []
+        self._size = 0
         self._status = 0
         self.started = False  # a byte of the current response has arrived
         self._complete = False
@@ -119,17 +133,24 @@ class _Conn(asyncio.Protocol):
             raise _StrayResponse
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if name:
-            self._header_name = name
-            self._headers[name.decode("latin-1").lower()] = value.decode("latin-1")
-        else:  # a value continued over two reads
-            key = self._header_name.decode("latin-1").lower()
-            self._headers[key] += value.decode("latin-1")
+        # httptools hands over whole names and values, however the bytes were split across reads.
+        if self._status:  # a chunked body's trailer: not a header of the response (it may not override one)
+            return
+        self._header_count += 1
+        self._header_bytes += len(name) + len(value)
+        if self._header_count > MAX_HEADERS or self._header_bytes > MAX_HEADER_BYTES:
+            self._fail(Disconnected(f"response headers over {MAX_HEADERS} or {MAX_HEADER_BYTES >> 10} KiB"))
+            raise _StrayResponse  # stops the parser; the waiter already has its error
+        self._headers[name.decode("latin-1").lower()] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
         self._status = self._parser.get_status_code()
 
     def on_body(self, body: bytes) -> None:
+        self._size += len(body)
+        if self._size > MAX_BODY:
+            self._fail(Disconnected(f"a response body over {MAX_BODY >> 20} MiB"))
+            raise _StrayResponse  # stops the parser; the waiter already has its error
         self._body.append(body)
 
     def on_message_complete(self) -> None:
@@ -146,7 +167,9 @@ class _Conn(asyncio.Protocol):
 
     def _reset(self) -> None:
         self._headers = {}
+        self._header_bytes = self._header_count = 0
         self._body = []
+        self._size = 0
         self._status = 0
         self._complete = False
         self._keep_alive = False
@@ -202,6 +225,7 @@ class Http1Pool:
         self._keepalive_s = keepalive_s
         self._tls = tls
         self._closed = False
+        self._sweeper: asyncio.TimerHandle | None = None
 
     async def request(
         self,
@@ -254,13 +278,16 @@ class Http1Pool:
             if conn.timer is not None:
                 conn.timer.cancel()
                 conn.timer = None
-        if conn.reusable and not self._closed:
+        early = response.status >= 400 and len(body) > _EARLY_REPLY_SAFE  # see _EARLY_REPLY_SAFE
+        if conn.reusable and not early and not self._closed:
             now = conn.idle_since = loop.time()
             idle = self._idle.setdefault(origin, deque())
             idle.append(conn)
             # Taken newest first, so the oldest are the ones that go stale (or that the server closed): drop them.
             while idle and (idle[0].closed or now - idle[0].idle_since >= self._keepalive_s):
                 idle.popleft().abort()
+            if self._sweeper is None:
+                self._sweeper = loop.call_later(self._keepalive_s, self._sweep)
         else:
             conn.abort()
         return _decoded(response)
@@ -282,6 +309,20 @@ class Http1Pool:
             return
         waiter.set_exception(TimedOut(what))
         conn.abort()
+
+    def _sweep(self) -> None:
+        """Close what has been idle for the keep-alive time, for origins no longer called too (a fallback target
+        used in one burst would otherwise hold its sockets until its next call): one timer per pool, not per
+        connection, armed while anything is idle."""
+        self._sweeper = None
+        now = asyncio.get_running_loop().time()
+        for origin, idle in list(self._idle.items()):
+            while idle and (idle[0].closed or now - idle[0].idle_since >= self._keepalive_s):
+                idle.popleft().abort()
+            if not idle:
+                del self._idle[origin]
+        if self._idle and not self._closed:
+            self._sweeper = asyncio.get_running_loop().call_later(self._keepalive_s, self._sweep)
 
     def _take(self, origin: tuple[str, str, int], now: float) -> _Conn | None:
         idle = self._idle.get(origin)
@@ -311,6 +352,9 @@ class Http1Pool:
 
     def close(self) -> None:
         self._closed = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for idle in self._idle.values():
             while idle:
                 idle.pop().abort()
@@ -323,10 +367,42 @@ def _decoded(response: Response) -> Response:
         return response
     if encoding not in ("gzip", "x-gzip", "deflate"):
         raise Disconnected(f"a body in an unsupported encoding ({encoding})")
+    error = response.status >= 400
     # 47 = 32 + 15: a gzip or zlib header, detected; -15: raw deflate, as some servers send "deflate".
     for wbits in (47, -15) if encoding == "deflate" else (47,):
         try:
-            return Response(response.status, response.headers, zlib.decompress(response.body, wbits))
+            body = _inflate(response.body, wbits, MAX_ERROR_BODY if error else MAX_BODY, truncate=error)
         except zlib.error:
-            pass
+            continue
+        return Response(response.status, response.headers, body)
     raise Disconnected(f"a {encoding} body that does not decompress")
+
+
+_GZIP_MAGIC = b"\x1f\x8b"
+_MAX_MEMBERS = 64
+
+
+def _inflate(data: bytes, wbits: int, limit: int, *, truncate: bool) -> bytes:
+    """Decompress every member of ``data`` (gzip allows several, concatenated), never producing more than
+    ``limit`` bytes: past it an error body is cut (only its message matters) and any other is refused (a
+    decompression bomb must not take the gateway's memory or hold its loop). Bytes after the last member that do
+    not start another one are refused, as is a stream that ends early."""
+    out: list[bytes] = []
+    size = 0
+    for _ in range(_MAX_MEMBERS):
+        d = zlib.decompressobj(wbits)
+        chunk = d.decompress(data, limit - size + 1)
+        size += len(chunk)
+        out.append(chunk)
+        if size > limit:
+            if truncate:
+                return b"".join(out)[:limit]
+            raise Disconnected(f"a body over {limit >> 20} MiB once decompressed")
+        if not d.eof:
+            raise zlib.error("truncated stream")
+        data = d.unused_data
+        if not data:
+            return b"".join(out)
+        if wbits < 0 or not data.startswith(_GZIP_MAGIC):
+            raise zlib.error("bytes after the compressed stream")
+    raise zlib.error(f"more than {_MAX_MEMBERS} members")
