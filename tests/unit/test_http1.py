@@ -481,8 +481,8 @@ async def test_oversized_bodies_and_headers_are_refused(
 async def test_chunked_trailers_do_not_override_headers(server: Scripted, pool: Http1Pool) -> None:
     async def trailer(request: bytes, writer: asyncio.StreamWriter) -> bool:
         writer.write(
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: application/json\r\nTrailer: Content-Type\r\n"
-            b"\r\n2\r\n{}\r\n0\r\nContent-Type: text/evil\r\nX-Late: 1\r\n\r\n"
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Type: application/json\r\n"
+            b"Trailer: Content-Type\r\n\r\n2\r\n{}\r\n0\r\nContent-Type: text/evil\r\nX-Late: 1\r\n\r\n"
         )
         return True
 
