@@ -312,3 +312,97 @@ async def test_send_nowait_brings_a_dropped_connection_back(client: RespClient) 
     assert reconnect is not None
     fresh = await asyncio.wait_for(reconnect, 5)
     assert client._slots[0] is fresh and fresh is not dropped and not fresh.lost
+
+
+async def test_a_caller_cancelled_while_reconnecting_does_not_fail_those_behind_it(url: str) -> None:
+    """A request that goes away (its client disconnected) while it holds a slot's reconnect is no failed connect:
+    the commands queued behind it connect and run, instead of failing as if Redis were down."""
+    c = RespClient(url, connect_timeout_s=2, command_timeout_s=2, connections=1)
+    try:
+        first = asyncio.ensure_future(c.execute("PING"))
+        behind = [asyncio.ensure_future(c.execute("PING")) for _ in range(5)]
+        for _ in range(2):  # the first is inside the connect, the others wait for the slot
+            await asyncio.sleep(0)
+        assert not first.done()
+        first.cancel()
+        assert await asyncio.gather(*behind) == [b"PONG"] * 5
+    finally:
+        await c.aclose()
+
+
+async def test_a_connect_that_stalls_fails_as_a_redis_connection_error() -> None:
+    """A server that accepts and never answers the handshake: the command fails with redis-py's ConnectionError
+    (what the stores' guards catch), naming the server, within the connect timeout."""
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1 << 16)
+        await asyncio.Event().wait()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    c = RespClient(f"redis://:secret@127.0.0.1:{port}/0", connect_timeout_s=0.2, connections=1)
+    try:
+        with pytest.raises(RedisConnectionError, match=f"127.0.0.1:{port}"):
+            await asyncio.wait_for(c.execute("PING"), 5)
+    finally:
+        await c.aclose()
+        server.close()
+
+
+async def _never_reads() -> tuple[asyncio.Server, asyncio.Event]:
+    """A server that answers the first PING, then stops reading and never answers."""
+    stalled = asyncio.Event()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"PING\r\n")
+        writer.write(b"+PONG\r\n")
+        stalled.set()
+        await asyncio.Event().wait()
+
+    return await asyncio.start_server(serve, "127.0.0.1", 0), stalled
+
+
+async def test_aclose_fails_the_commands_in_flight() -> None:
+    """Even with bytes still unsent to a Redis that stopped reading (a transport's close waits for those, and would
+    leave the commands waiting and the socket open)."""
+    server, stalled = await _never_reads()
+    port = server.sockets[0].getsockname()[1]
+    c = RespClient(f"redis://127.0.0.1:{port}/0", connect_timeout_s=2, connections=1)  # no command timeout
+    big = b"x" * (32 << 20)
+    try:
+        assert await c.ping() is True
+        await stalled.wait()
+        pending = [asyncio.ensure_future(c.execute("GET", "k")), asyncio.ensure_future(c.execute("SET", "k", big))]
+        conn = c._slots[0]
+        assert conn is not None and conn.transport is not None
+        async with asyncio.timeout(5):
+            while conn.transport.get_write_buffer_size() == 0:  # 32 MiB do not fit in the kernel's buffers
+                await asyncio.sleep(0)
+        await c.aclose()
+        results = await asyncio.wait_for(asyncio.gather(*pending, return_exceptions=True), 5)
+        assert all(isinstance(r, RedisConnectionError) for r in results), results
+    finally:
+        server.close()
+
+
+async def test_a_malformed_reply_fails_the_connection_quietly(caplog: pytest.LogCaptureFixture) -> None:
+    """Bytes that are not RESP: the commands waiting on that connection fail, nothing is logged as a fatal
+    protocol error, and the next command reconnects."""
+    answers = [b"!not resp\r\n", b"+PONG\r\n"]
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"PING\r\n")
+        writer.write(answers.pop(0))
+        await reader.read(1)  # until the client drops the connection
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    c = RespClient(f"redis://127.0.0.1:{port}/0", connect_timeout_s=2, connections=1)
+    try:
+        with pytest.raises(RedisConnectionError, match="malformed reply"):
+            await asyncio.wait_for(c.execute("PING"), 5)
+        assert await asyncio.wait_for(c.ping(), 5) is True
+        assert not [r for r in caplog.records if "Fatal error" in r.getMessage()]
+    finally:
+        await c.aclose()
+        server.close()

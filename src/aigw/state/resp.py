@@ -98,6 +98,14 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._reader.feed(data)
+        try:
+            self._match()
+        except hiredis.ProtocolError as exc:  # not RESP: nothing after it can be trusted to match its command
+            self.fail(RedisConnectionError(f"malformed reply from Redis ({exc})"))
+            if self.transport is not None:
+                self.transport.abort()
+
+    def _match(self) -> None:
         waiting = self.waiting
         while (reply := self._reader.gets()) is not False:
             if not waiting:  # nothing asked for it (never happens without pub/sub): not ours to match
@@ -225,21 +233,29 @@ class RespClient:
 
     async def _connect_slot(self, i: int) -> _Connection:
         # One reconnect per slot, however many commands wait for it, and one wait: the commands queued behind a
-        # failed attempt fail with it (until the attempt's own time has passed) instead of each trying again in
-        # turn, the k-th after k connect timeouts.
+        # failed attempt fail with it instead of each trying again in turn, the k-th after k connect timeouts. An
+        # attempt given up by its caller (a client that went away) is no failure: the next in line tries.
         failed_at = self._failed_at[i]
-        async with asyncio.timeout(self._connect_timeout_s), self._locks[i]:
+        lock = self._locks[i]
+        try:
+            async with asyncio.timeout(self._connect_timeout_s):
+                await lock.acquire()
+        except TimeoutError:
+            raise RedisConnectionError(f"cannot connect to Redis at {self._host}:{self._port} in time") from None
+        try:
             conn = self._slots[i]
             if conn is None or conn.lost or _closing(conn):
                 if self._failed_at[i] != failed_at:
                     raise RedisConnectionError(f"cannot connect to Redis at {self._host}:{self._port}")
                 try:
-                    conn = await self._connect()
-                except BaseException:
+                    conn = await self._connect()  # bounded by the connect timeout; fails as RedisConnectionError
+                except Exception:
                     self._failed_at[i] = asyncio.get_running_loop().time()
                     raise
                 self._slots[i] = conn
             return conn
+        finally:
+            lock.release()
 
     async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()
@@ -368,8 +384,12 @@ class RespClient:
             if task is not None:
                 task.cancel()
         for i, conn in enumerate(self._slots):
-            if conn is not None and conn.transport is not None:
-                conn.transport.close()
+            if conn is not None:
+                # Failed here, not when the transport reports the close: a close waits for unsent bytes, which a
+                # Redis that stopped reading never takes.
+                conn.fail(RedisConnectionError("Redis client closed"))
+                if conn.transport is not None:
+                    conn.transport.abort()
             self._slots[i] = None
 
 
