@@ -275,3 +275,24 @@ def test_encoder_rejects_what_the_format_cannot_hold() -> None:
         encode_message({"x" * 256: "v"}, b"")
     with pytest.raises(ValueError):
         encode_message({"big": "v" * 70_000}, b"")
+
+
+@pytest.mark.parametrize("close", [False, True])
+def test_frames_before_a_corrupt_one_in_the_same_read_are_delivered(close: bool) -> None:
+    """Good frames and a corrupt one arriving in one read: the good ones first, the error on the next call, as
+    when TCP splits them (what the client gets must not depend on the split)."""
+    parser = EventStreamParser()
+    assert parser.feed(GOOD + flipped(GOOD, 30)) == [UpstreamEvent("messageStart", b'{"role":"assistant"}')]
+    with pytest.raises(UpstreamError, match="CRC"):
+        parser.close() if close else parser.feed(GOOD)
+
+
+def test_a_timestamp_out_of_range_is_a_corrupt_stream() -> None:
+    frame = encode_message({":message-type": "event", ":event-type": "x", "t": datetime(2026, 1, 1, tzinfo=UTC)}, b"{}")
+    # The timestamp's 8 bytes are the last before the payload and the message CRC: make it 2**62 ms, re-checksummed.
+    body = bytearray(frame[:-4])
+    ts_at = len(body) - 2 - 8
+    body[ts_at : ts_at + 8] = struct.pack(">q", 2**62)
+    data = bytes(body) + struct.pack(">I", zlib.crc32(body))
+    with pytest.raises(UpstreamError, match="timestamp"):
+        EventStreamParser().feed(data)

@@ -4,6 +4,7 @@ import itertools
 
 import pytest
 
+from aigw.errors import UpstreamError
 from aigw.providers.base import UpstreamEvent
 from aigw.providers.framing import NDJSONParser, SSEParser
 
@@ -66,3 +67,27 @@ def test_ndjson_split_and_blank_lines() -> None:
             UpstreamEvent(None, b'{"b":2}'),
             UpstreamEvent(None, b'{"c":3}'),
         ]
+
+
+def test_sse_skips_a_leading_bom_even_split() -> None:
+    stream = b'\xef\xbb\xbfdata: {"a":1}\n\ndata: [DONE]\n\n'
+    for cut in range(1, 5):
+        got = _feed_all(SSEParser(), [stream[:cut], stream[cut:]])
+        assert [e.data for e in got] == [b'{"a":1}', b"[DONE]"], cut
+    assert [e.data for e in _feed_all(SSEParser(), [b"\xef\xbb", b""])] == []
+
+
+@pytest.mark.parametrize("kind", ["sse", "ndjson"])
+def test_a_line_without_end_is_bounded(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An upstream that never ends its line cannot make the gateway hold more than the bound; a line within it,
+    however many reads it takes, comes out whole."""
+    monkeypatch.setattr("aigw.providers.framing.MAX_LINE", 1 << 16)
+    parser: SSEParser | NDJSONParser = SSEParser() if kind == "sse" else NDJSONParser()
+    line = b"data: " + b"x" * 60_000 if kind == "sse" else b'{"x":"' + b"y" * 60_000 + b'"}'
+    for i in range(0, len(line), 1000):
+        assert parser.feed(line[i : i + 1000]) == []
+    (event,) = parser.feed(b"\n\n")
+    assert event.data == line.removeprefix(b"data: ")
+    with pytest.raises(UpstreamError, match="over"):
+        for _ in range(100):
+            parser.feed(b"z" * 1000)

@@ -133,3 +133,28 @@ def test_role_only_stream_still_emits_its_chunk_at_the_end() -> None:
     parser = SSEParser()
     out = [c for ev in parser.feed(ROLE + b"data: [DONE]\n\n") for c in dec.feed(ev)]
     assert out == [] and len(dec.finish()) == 1
+
+
+def test_reasoning_and_audio_deltas_are_not_held_back() -> None:
+    """OpenAI-compatible servers stream reasoning text (``reasoning_content``, ``reasoning``) before any content,
+    OpenAI streams audio deltas: they pass as they come, not held until content arrives."""
+    opening = b'data: {"choices":[{"index":0,"delta":{"role":"assistant","content":"","refusal":null}}]}\n\n'
+    reasoning = b'data: {"choices":[{"index":0,"delta":{"reasoning_content":"think"}}]}\n\n'
+    audio = b'data: {"choices":[{"index":0,"delta":{"audio":{"id":"a1","data":"AAA="}}}]}\n\n'
+    dec = OpenAIAdapter().stream_decoder(model="gpt-4o", include_usage=False, ident=IDENT)
+    parser = SSEParser()
+    assert [dec.feed(ev) for ev in parser.feed(opening)] == [()], "the bare opening is still held"
+    (sent,) = [dec.feed(ev) for ev in parser.feed(reasoning)]
+    assert len(sent) == 2 and b"think" in sent[1], "the held opening, then the reasoning delta"
+    (sent,) = [dec.feed(ev) for ev in parser.feed(audio)]
+    assert len(sent) == 1 and b"AAA=" in sent[0]
+
+
+def test_nothing_after_done_is_forwarded() -> None:
+    transcript = (
+        b'data: {"choices":[{"index":0,"delta":{"content":"hi"},"finish_reason":"stop"}]}\n\n'
+        b"data: [DONE]\n\n"
+        b'data: {"choices":[{"index":0,"delta":{"content":"late"}}]}\n\n'
+    )
+    out, _ = run_stream(False, transcript)
+    assert not any(b"late" in chunk for chunk in out)

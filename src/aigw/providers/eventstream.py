@@ -174,6 +174,8 @@ def decode_headers(data: bytes) -> dict[str, HeaderValue]:
             headers[name] = value
     except (IndexError, struct.error):
         raise _bad("a header runs past the header section") from None
+    except OverflowError:  # a timestamp outside what datetime holds
+        raise _bad("a timestamp header out of range") from None
     except UnicodeDecodeError:
         raise _bad("a header is not UTF-8") from None
     if pos != end:
@@ -195,16 +197,32 @@ def _to_event(headers: Mapping[str, HeaderValue], payload: bytes) -> UpstreamEve
 class EventStreamParser:
     """bytes → :class:`UpstreamEvent`, one per frame; the ``FrameParser`` interface of ``framing.py``."""
 
-    __slots__ = ("_buf",)
+    __slots__ = ("_buf", "_error")
 
     def __init__(self) -> None:
         self._buf = bytearray()
+        self._error: UpstreamError | None = None  # a corrupt frame met after good ones in the same read
 
     def feed(self, chunk: bytes) -> list[UpstreamEvent]:
+        """The frames completed so far. A corrupt frame raises, but only once the frames before it are delivered
+        (the next call raises): what the client gets must not depend on how TCP split the bytes."""
+        if self._error is not None:
+            raise self._error
         buf = self._buf
         buf += chunk
         out: list[UpstreamEvent] = []
-        pos, n = 0, len(buf)
+        try:
+            self._frames(buf, len(buf), out)
+        except UpstreamError as exc:
+            if not out:
+                raise
+            self._error = exc
+            self._buf = bytearray()  # nothing after a corrupt frame can be trusted
+            return out
+        return out
+
+    def _frames(self, buf: bytearray, n: int, out: list[UpstreamEvent]) -> None:
+        pos = 0
         with memoryview(buf) as view:
             while n - pos >= _PRELUDE_LEN:
                 total, hlen, prelude_crc = _PRELUDE.unpack_from(view, pos)
@@ -227,9 +245,10 @@ class EventStreamParser:
                 out.append(_to_event(headers, bytes(view[headers_end : end - 4])))
                 pos = end
         del buf[:pos]
-        return out
 
     def close(self) -> list[UpstreamEvent]:
+        if self._error is not None:
+            raise self._error
         left = len(self._buf)
         self._buf = bytearray()
         if left:

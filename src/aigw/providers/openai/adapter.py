@@ -39,16 +39,15 @@ def usage_from_openai(u: Any) -> Usage | None:
 
 
 def _substantive(choices: Any) -> bool:
-    """Does this chunk carry anything but the opening role (content, a tool call, a refusal, a finish)?"""
+    """Does this chunk carry anything but the opening role: content, a tool call, a refusal, a finish, or any other
+    non-empty delta field (reasoning text from OpenAI-compatible servers, audio), so none of those is held back?"""
     for c in choices:
         if not isinstance(c, dict):
             continue
         if c.get("finish_reason"):
             return True
         d = c.get("delta")
-        if isinstance(d, dict) and (
-            d.get("content") or d.get("tool_calls") or d.get("refusal") or d.get("function_call")
-        ):
+        if isinstance(d, dict) and any(v for k, v in d.items() if k != "role"):
             return True
     return False
 
@@ -81,6 +80,8 @@ class OpenAIStreamDecoder:
 
     def feed(self, event: UpstreamEvent) -> Sequence[bytes]:
         data = event.data
+        if self._done:  # nothing follows [DONE] in the stream the client reads
+            return ()
         if data == b"[DONE]":
             self._done = True
             return ()
