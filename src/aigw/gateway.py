@@ -166,9 +166,10 @@ class Gateway:
                 created_at=datetime.now(UTC),
                 tenant_id=ctx.principal.tenant_id,
                 key_id=ctx.principal.key_id,
-                model=ctx.model,
+                # As long as the columns hold: the client names the model (a 404 for a long name is still a row).
+                model=ctx.model[:200],
                 provider=target.provider if target else None,
-                upstream_model=target.model if target else None,
+                upstream_model=target.model[:200] if target else None,
                 prompt_tokens=u.prompt_tokens,
                 completion_tokens=u.completion_tokens,
                 cached_prompt_tokens=u.cached_prompt_tokens,

@@ -10,13 +10,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
+import asyncpg
+from sqlalchemy.exc import DataError, IntegrityError
+
 from aigw.store.usage import UsageRecord, UsageRepo
 
 log = logging.getLogger("aigw.metering")
+
+# What the database says about the rows themselves (a value it cannot store), as opposed to its own trouble
+# (down, slow, full): retrying cannot help those rows, and must not hold up the others behind them.
+_ROW_ERRORS = (
+    DataError,
+    IntegrityError,
+    asyncpg.exceptions.DataError,
+    asyncpg.exceptions.IntegrityConstraintViolationError,
+    sqlite3.DataError,
+    sqlite3.IntegrityError,
+    ValueError,  # store.bulk's own check (a naive datetime)
+)
 
 
 class UsageRecorder:
@@ -46,6 +62,8 @@ class UsageRecorder:
         self.written = 0
         self.dropped = 0
         self.failures = 0
+        self.rejected = 0  # records the database refused on their own (logged, never retried)
+        self._backing_off = False  # the last write failed: wait for the back-off, not for the next record
 
     @property
     def pending(self) -> int:
@@ -59,7 +77,7 @@ class UsageRecorder:
                 log.error("usage buffer full (%d pending): %d records dropped so far", self._max, self.dropped)
         self._pending.append(rec)
         self._idle.clear()
-        if len(self._pending) >= self._batch:
+        if len(self._pending) >= self._batch and not self._backing_off:
             self._wake.set()
 
     def start(self) -> None:
@@ -73,9 +91,15 @@ class UsageRecorder:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=backoff or self._interval)
             self._wake.clear()
-            backoff = 0.0 if await self._flush_some() else min(max(backoff * 2, 0.5), 30.0)
-            if self._on_flush is not None:
-                self._on_flush(len(self._pending), self.dropped)
+            try:
+                ok = await self._flush_some()
+                if self._on_flush is not None:
+                    self._on_flush(len(self._pending), self.dropped)
+            except Exception:  # the writer must outlive any one round: its records are still pending
+                log.exception("usage writer: unexpected error; retrying")
+                ok = False
+            backoff = 0.0 if ok else min(max(backoff * 2, 0.5), 30.0)
+            self._backing_off = not ok
 
     async def _flush_some(self) -> bool:
         """Write what is pending, a batch at a time. False if the database refused (records kept).
@@ -94,6 +118,13 @@ class UsageRecorder:
                 # the shutdown log counts it if that fails too) rather than dropped without a word.
                 self._pending.extendleft(reversed(batch))
                 raise
+            except _ROW_ERRORS as exc:
+                # A row the database will never take: write the batch's rows one by one and set aside the ones
+                # refused (a batch retried whole would block every record behind it for good).
+                log.warning("usage batch refused (%s): writing its records one by one", type(exc).__name__)
+                if not await self._write_each(batch):
+                    return False
+                continue
             except Exception as exc:
                 self._pending.extendleft(reversed(batch))
                 self.failures += 1
@@ -103,6 +134,30 @@ class UsageRecorder:
         if not self._pending:
             self._draining = False
             self._idle.set()
+        return True
+
+    async def _write_each(self, batch: list[UsageRecord]) -> bool:
+        for i, rec in enumerate(batch):
+            try:
+                await self._repo.insert_many([rec])
+            except _ROW_ERRORS as exc:
+                self.rejected += 1
+                log.error(
+                    "usage record refused by the database (%s): request %s, tenant %s; set aside",
+                    type(exc).__name__,
+                    rec.request_id,
+                    rec.tenant_id,
+                )
+                continue
+            except asyncio.CancelledError:
+                self._pending.extendleft(reversed(batch[i:]))
+                raise
+            except Exception as exc:  # the database's own trouble: the rest wait for the next round
+                self._pending.extendleft(reversed(batch[i:]))
+                self.failures += 1
+                log.warning("usage write failed (%s); %d records kept for retry", type(exc).__name__, self.pending)
+                return False
+            self.written += 1
         return True
 
     async def flush(self) -> None:
@@ -115,8 +170,12 @@ class UsageRecorder:
         self._stopping = True
         self._wake.set()
         if self._task is not None:
-            with contextlib.suppress(TimeoutError):
+            try:
                 await asyncio.wait_for(self._task, timeout=timeout_s)
+            except TimeoutError:
+                pass
+            except Exception:  # the writer died: its records are still pending, and the final flush writes them
+                log.exception("usage writer failed")
             self._task = None
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._flush_some(), timeout=timeout_s)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import random
 from collections import defaultdict
@@ -205,3 +206,20 @@ async def test_rows_read_back_as_written(repo: UsageRepo, db_engine: AsyncEngine
     want[0]["created_at"] = written[0].created_at.astimezone(UTC)
     want[1]["cost_usd"] = Decimal("0.000000002")  # rounded half away from zero to the column's 9 places
     assert got == want
+
+
+async def test_a_record_the_database_refuses_does_not_block_the_others(repo: UsageRepo) -> None:
+    """A row the database will never take (here NOT NULL; on PostgreSQL also an over-long value) is set aside and
+    counted; the records around it are written, instead of the batch being retried whole for ever."""
+    from aigw.metering import UsageRecorder
+
+    rec = UsageRecorder(repo, batch_size=5, flush_interval_s=60)
+    rec.start()
+    try:
+        for n in range(12):
+            rec.record(record("t", n, model=None) if n == 3 else record("t", n))
+        await asyncio.wait_for(rec.flush(), 10)
+        assert (rec.written, rec.rejected, rec.pending) == (11, 1, 0)
+        assert await repo.count("t") == 11
+    finally:
+        await rec.stop()

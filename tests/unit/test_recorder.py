@@ -109,3 +109,59 @@ async def test_a_flush_round_does_not_chase_records_that_arrive_while_it_writes(
     assert repo.batches == [5, 3] and rec.pending == 0
     await rec.stop()
     assert rec.written == 8
+
+
+class DownRepo:
+    """A database that is down: every write fails at once."""
+
+    def __init__(self) -> None:
+        self.attempts = 0
+
+    async def insert_many(self, records: Sequence[UsageRecord]) -> None:
+        self.attempts += 1
+        raise ConnectionRefusedError("database down")
+
+
+async def test_records_arriving_during_an_outage_do_not_defeat_the_back_off() -> None:
+    """Once a write has failed, the next attempt waits for the back-off: a full batch arriving does not wake the
+    writer (it did, a retry and a warning per request while the database was down)."""
+    repo = DownRepo()
+    rec = UsageRecorder(cast(UsageRepo, repo), batch_size=5, flush_interval_s=60)
+    rec.start()
+    try:
+        for n in range(5):
+            rec.record(record("t", n))
+        async with asyncio.timeout(5):
+            while repo.attempts == 0 or not rec._backing_off:
+                await asyncio.sleep(0)
+        for n in range(5, 100):
+            rec.record(record("t", n))
+            await asyncio.sleep(0)
+        assert repo.attempts == 1 and rec.pending == 100
+    finally:
+        rec._pending.clear()  # nothing to drain at stop: the database stays down
+        await rec.stop(timeout_s=1)
+
+
+async def test_the_writer_survives_an_error_outside_the_write() -> None:
+    repo = CountingRepo()
+    calls = 0
+
+    def flaky(pending: int, dropped: int) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("a gauge that failed once")
+
+    rec = UsageRecorder(cast(UsageRepo, repo), batch_size=5, flush_interval_s=0.01, on_flush=flaky)
+    rec.start()
+    try:
+        for n in range(5):
+            rec.record(record("t", n))
+        await asyncio.wait_for(rec.flush(), 5)
+        for n in range(5, 10):
+            rec.record(record("t", n))
+        await asyncio.wait_for(rec.flush(), 5)
+        assert repo.rows == 10 and calls >= 2
+    finally:
+        await rec.stop(timeout_s=1)
