@@ -6,9 +6,10 @@ import asyncio
 import dataclasses
 import random
 from collections import defaultdict
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from sqlalchemy import select
@@ -223,3 +224,38 @@ async def test_a_record_the_database_refuses_does_not_block_the_others(repo: Usa
         assert await repo.count("t") == 11
     finally:
         await rec.stop()
+
+
+class AckLostRepo:
+    """The real ledger, but the first write's acknowledgement is lost after its commit went through (a connection
+    dropped after COMMIT): the caller sees a failure and writes the batch again."""
+
+    def __init__(self, repo: UsageRepo) -> None:
+        self.repo = repo
+        self.lost = 0
+
+    async def insert_many(self, records: Sequence[UsageRecord]) -> None:
+        await self.repo.insert_many(records)
+        if self.lost == 0:
+            self.lost += 1
+            raise ConnectionResetError("connection lost after COMMIT")
+
+
+async def test_a_batch_written_again_after_a_lost_acknowledgement_counts_once(repo: UsageRepo) -> None:
+    from aigw.metering import UsageRecorder
+
+    flaky = AckLostRepo(repo)
+    rec = UsageRecorder(cast(UsageRepo, flaky), batch_size=10, flush_interval_s=60)
+    rec.start()
+    try:
+        batch = [record("t", n) for n in range(10)]
+        for r in batch:
+            rec.record(r)
+        await asyncio.wait_for(rec.flush(), 10)
+        assert flaky.lost == 1 and rec.failures == 1, "the first write was taken for a failure and retried"
+    finally:
+        await rec.stop()
+    assert await repo.count("t") == 10, "raw rows once"
+    assert (await repo.tenant_usage("t")).requests == 10, "rollups once"
+    await repo.insert_many([*batch[:4], record("t", 10)])  # a partly written batch again, with one new record
+    assert await repo.count("t") == 11 and (await repo.tenant_usage("t")).requests == 11

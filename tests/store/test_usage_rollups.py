@@ -191,7 +191,7 @@ def test_migration_backfills_rollups_from_existing_rows(empty_url: str) -> None:
     # Rows written before 0003 have no cache outcome or saving; their hits are backfilled from cache_hit.
     records = [dataclasses.replace(r, cache=None, saved_cost_usd=None) for r in records]
     assert any(r.cache_hit for r in records)
-    new_columns = {"cache", "saved_cost_usd"}
+    new_columns = {"cache", "saved_cost_usd", "record_id"}  # columns added after 0001
 
     async def write_raw() -> None:
         engine = make_engine(empty_url)

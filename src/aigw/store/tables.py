@@ -87,13 +87,18 @@ usage_records = Table(
     Column("error_type", String(100), nullable=True),
     Column("cache", String(8), nullable=True),  # x-aigw-cache: hit | miss | bypass (null: not a chat request)
     Column("saved_cost_usd", Money(18, 9), nullable=True),  # a cache hit: what the stored answer cost when served
+    # The gateway's own id for the record (null for rows written before revision 0005): a batch written again after
+    # its commit's acknowledgement was lost, or re-flushed at shutdown, is recognised and not counted twice.
+    Column("record_id", String(32), nullable=True),
     # Index plan. Reports never scan this table (they read usage_daily), so it carries only what its own access
     # paths need, each index costing every COPY a little:
     # * (tenant_id, created_at): one tenant's raw records for a period (support, exports, the e2e tests' ledger).
     # * (created_at): retention deletes (``UsageRepo.prune``), a range from the oldest row up to the cut-off.
     # No index on model/provider/key_id: per-model totals come from usage_daily.
+    # * (record_id), unique: a batch written again is recognised (``UsageRepo.insert_many``).
     Index(None, "tenant_id", "created_at"),
     Index(None, "created_at"),
+    Index(None, "record_id", unique=True),
 )
 
 # Daily rollups of usage_records per (tenant, UTC day, model as sent, provider), kept in the same transaction as

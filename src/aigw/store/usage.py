@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import UTC, date, datetime, time
 from decimal import Decimal
 from operator import attrgetter
-from typing import Protocol
+from typing import Any, Protocol
 
+import orjson
 from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from aigw.ids import hex_id
 from aigw.store.bulk import insert_rows
 from aigw.store.rollups import GroupBy, aggregate, fetch_totals, money, tenant_name_query, totals_query, upsert
 from aigw.store.tables import usage_daily, usage_records
@@ -40,10 +42,25 @@ class UsageRecord:
     error_type: str | None
     cache: str | None = None  # x-aigw-cache (hit | miss | bypass); None for requests the cache never applies to
     saved_cost_usd: Decimal | None = None  # a hit: what the answer cost when it was first served (None: unknown)
+    record_id: str = field(default_factory=lambda: hex_id(16))  # unique per record: a rewrite is recognised
 
 
 _COLUMNS = tuple(f.name for f in fields(UsageRecord))
 _values = attrgetter(*_COLUMNS)  # record -> tuple in column order (dataclasses.astuple deep-copies: slow)
+
+
+# One parameter for the whole batch, on the driver: an expanded IN list of 500, or SQLAlchemy's processing of a list
+# parameter, cost as much CPU as writing the batch.
+_SEEN_PG = "SELECT record_id FROM usage_records WHERE record_id = ANY($1::text[])"
+_SEEN_SQLITE = "SELECT record_id FROM usage_records WHERE record_id IN (SELECT value FROM json_each(?))"
+
+
+async def _already_written(conn: AsyncConnection, ids: Sequence[str]) -> set[str]:
+    driver: Any = (await conn.get_raw_connection()).driver_connection
+    if conn.dialect.name == "postgresql":
+        return {row[0] for row in await driver.fetch(_SEEN_PG, list(ids))}
+    async with driver.execute(_SEEN_SQLITE, (orjson.dumps(list(ids)).decode(),)) as cursor:
+        return {row[0] for row in await cursor.fetchall()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +129,14 @@ class UsageRepo:
         if not records:
             return
         async with self._engine.begin() as conn:
+            # A batch may come again whole or in part after its commit went through unacknowledged (a connection
+            # lost after COMMIT, a shutdown that gave up waiting): what is already there is not written twice, nor
+            # counted again in the rollups or the events.
+            seen = await _already_written(conn, [r.record_id for r in records])
+            if seen:
+                records = [r for r in records if r.record_id not in seen]
+                if not records:
+                    return
             await insert_rows(conn, usage_records, _COLUMNS, [_values(r) for r in records])
             # After the raw rows: they validate the batch (NOT NULL, aware datetimes) before it is aggregated.
             await upsert(conn, aggregate(records))
