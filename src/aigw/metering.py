@@ -126,9 +126,7 @@ class UsageRecorder:
                     return False
                 continue
             except Exception as exc:
-                self._pending.extendleft(reversed(batch))
-                self.failures += 1
-                log.warning("usage write failed (%s); %d records kept for retry", type(exc).__name__, self.pending)
+                self._keep(batch, exc)
                 return False
             self.written += len(batch)
         if not self._pending:
@@ -153,12 +151,16 @@ class UsageRecorder:
                 self._pending.extendleft(reversed(batch[i:]))
                 raise
             except Exception as exc:  # the database's own trouble: the rest wait for the next round
-                self._pending.extendleft(reversed(batch[i:]))
-                self.failures += 1
-                log.warning("usage write failed (%s); %d records kept for retry", type(exc).__name__, self.pending)
+                self._keep(batch[i:], exc)
                 return False
             self.written += 1
         return True
+
+    def _keep(self, records: list[UsageRecord], exc: Exception) -> None:
+        """A write the database failed (down, slow): its records go back to the front of the queue."""
+        self._pending.extendleft(reversed(records))
+        self.failures += 1
+        log.warning("usage write failed (%s); %d records kept for retry", type(exc).__name__, self.pending)
 
     async def flush(self) -> None:
         """Wait until everything recorded so far is written (used by shutdown and tests)."""

@@ -17,6 +17,7 @@ from aigw.schema.usage import Usage
 from aigw.state.cache_memory import CacheStore, MemoryCacheStore
 from aigw.state.cache_redis import RedisCacheStore
 from aigw.state.resp import RespClient
+from tests.support.resp import record_writes
 
 PREFIX = "aigw:test:cache:"
 ANSWER = (
@@ -292,22 +293,13 @@ async def test_lean_client_get_soon_leaves_in_the_turns_write(redis_url: str) ->
         s = RedisCacheStore(lean, prefix=PREFIX, op_timeout_s=None)
         await other.set(f"{PREFIX}k", b"stored")
         assert [await lean.ping() for _ in range(2)] == [True, True]  # both connections up
-        writes: list[bytes] = []
-        for conn in lean._slots:  # the default loop's transports take an instance attribute (uvloop's would not)
-            if conn is not None and conn.transport is not None:
-                real = conn.transport.write
-
-                def counting(data: bytes | bytearray | memoryview, real: Any = real) -> None:
-                    writes.append(bytes(data))
-                    real(data)
-
-                conn.transport.write = counting  # type: ignore[method-assign]
+        writes = record_writes(lean)
         hit, miss = s.get_soon("k"), s.get_soon("absent")
         assert hit is not None and miss is not None and not writes, "queued, not written on their own"
         then = lean.send_nowait("INCRBY", "issued-later-in-the-turn", 1)  # as the limiter's script is sent
         assert then is not None
         assert await hit.value() == b"stored" and await miss.value() is None and await then == 1
-        assert len(writes) == 1 and writes[0].count(b"*") == 3, "the GETs left with the turn's other command"
+        assert len(writes) == 1 and writes[0][1].count(b"*") == 3, "the GETs left with the turn's other command"
         assert s.skipped_gets == 0 and s.redis_errors == 0
     finally:
         await lean.aclose()

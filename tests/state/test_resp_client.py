@@ -16,6 +16,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from aigw.state.redis_calls import LuaScript
 from aigw.state.resp import RespClient, supports
+from tests.support.resp import record_writes
 
 pytestmark = pytest.mark.redis
 
@@ -79,29 +80,19 @@ async def test_one_turns_commands_share_one_write_and_submit_writes_at_once(clie
     without waiting for the turn's end."""
     assert [await client.ping() for _ in range(2)] == [True, True]  # both connections made, one turn each
     assert all(conn is not None for conn in client._slots)
-    writes: list[bytes] = []
-    on: list[int] = []  # the slot of each write
-    for slot, conn in enumerate(client._slots):  # the default loop's transports take an instance attribute
-        if conn is not None and conn.transport is not None:
-            real = conn.transport.write
-
-            def counting(data: bytes | bytearray | memoryview, real: Any = real, slot: int = slot) -> None:
-                writes.append(bytes(data))
-                on.append(slot)
-                real(data)
-
-            conn.transport.write = counting  # type: ignore[method-assign]
+    recorded = record_writes(client)
 
     async def store(key: str) -> Any:
         reply = await client.submit("SET", key, "v")
-        assert writes and writes[-1].endswith(b"$3\r\nSET\r\n$1\r\na\r\n$1\r\nv\r\n"), "returned before written"
+        assert recorded and recorded[-1][1].endswith(b"$3\r\nSET\r\n$1\r\na\r\n$1\r\nv\r\n"), "returned before written"
         return await reply
 
     results = await asyncio.gather(client.incrby("n", 2), client.get("a"), store("a"), client.get("a"))
     assert list(results) == [2, None, b"OK", b"v"], "one connection: commands run in the order they were issued"
-    assert len(writes) == 2, "the turn's commands up to the SET in one write, the one issued after it at the turn's end"
-    assert on[0] == on[1], "the turn keeps its connection after the early write"
-    assert writes[0].count(b"*") == 3 and writes[0].startswith(b"*3\r\n$6\r\nINCRBY") and writes[1].count(b"*") == 1
+    assert len(recorded) == 2, "the turn's commands up to the SET in one write, the one after it at the turn's end"
+    (on_first, first), (on_second, second) = recorded
+    assert on_first == on_second, "the turn keeps its connection after the early write"
+    assert first.count(b"*") == 3 and first.startswith(b"*3\r\n$6\r\nINCRBY") and second.count(b"*") == 1
 
 
 async def test_a_command_given_up_does_not_shift_the_replies(url: str) -> None:

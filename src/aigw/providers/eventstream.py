@@ -212,7 +212,7 @@ class EventStreamParser:
         buf += chunk
         out: list[UpstreamEvent] = []
         try:
-            self._frames(buf, len(buf), out)
+            self._frames(buf, out)
         except UpstreamError as exc:
             if not out:
                 raise
@@ -221,8 +221,8 @@ class EventStreamParser:
             return out
         return out
 
-    def _frames(self, buf: bytearray, n: int, out: list[UpstreamEvent]) -> None:
-        pos = 0
+    def _frames(self, buf: bytearray, out: list[UpstreamEvent]) -> None:
+        pos, n = 0, len(buf)
         with memoryview(buf) as view:
             while n - pos >= _PRELUDE_LEN:
                 total, hlen, prelude_crc = _PRELUDE.unpack_from(view, pos)

@@ -17,10 +17,6 @@ MAX_LINE = 16 << 20
 _BOM = b"\xef\xbb\xbf"
 
 
-def _too_long() -> UpstreamError:
-    return UpstreamError(f"upstream stream line over {MAX_LINE >> 20} MiB", upstream_status=502)
-
-
 class _Pending:
     """The bytes of an unfinished line, kept as the reads that brought them: joined once, when the line ends (a
     long line arriving in small reads is then linear to read, not quadratic)."""
@@ -34,7 +30,7 @@ class _Pending:
     def add(self, chunk: bytes) -> None:
         self.size += len(chunk)
         if self.size > MAX_LINE:
-            raise _too_long()
+            raise UpstreamError(f"upstream stream line over {MAX_LINE >> 20} MiB", upstream_status=502)
         self.parts.append(chunk)
 
     def take(self, chunk: bytes) -> bytes:

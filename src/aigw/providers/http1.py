@@ -283,9 +283,7 @@ class Http1Pool:
             now = conn.idle_since = loop.time()
             idle = self._idle.setdefault(origin, deque())
             idle.append(conn)
-            # Taken newest first, so the oldest are the ones that go stale (or that the server closed): drop them.
-            while idle and (idle[0].closed or now - idle[0].idle_since >= self._keepalive_s):
-                idle.popleft().abort()
+            self._expire(idle, now)
             if self._sweeper is None:
                 self._sweeper = loop.call_later(self._keepalive_s, self._sweep)
         else:
@@ -310,6 +308,11 @@ class Http1Pool:
         waiter.set_exception(TimedOut(what))
         conn.abort()
 
+    def _expire(self, idle: deque[_Conn], now: float) -> None:
+        """Taken newest first, so the oldest are the ones that go stale (or that the server closed): drop them."""
+        while idle and (idle[0].closed or now - idle[0].idle_since >= self._keepalive_s):
+            idle.popleft().abort()
+
     def _sweep(self) -> None:
         """Close what has been idle for the keep-alive time, for origins no longer called too (a fallback target
         used in one burst would otherwise hold its sockets until its next call): one timer per pool, not per
@@ -317,8 +320,7 @@ class Http1Pool:
         self._sweeper = None
         now = asyncio.get_running_loop().time()
         for origin, idle in list(self._idle.items()):
-            while idle and (idle[0].closed or now - idle[0].idle_since >= self._keepalive_s):
-                idle.popleft().abort()
+            self._expire(idle, now)
             if not idle:
                 del self._idle[origin]
         if self._idle and not self._closed:

@@ -156,14 +156,15 @@ class _Connection(asyncio.Protocol):
             self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
 
-def _retrieve(task: asyncio.Future[Any]) -> None:
-    if not task.cancelled():
-        task.exception()
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
-def _closing(conn: _Connection) -> bool:
-    """Closed or closing, before connection_lost has marked it lost: commands queued there would be dropped."""
-    return conn.transport is None or conn.transport.is_closing()
+def _up(conn: _Connection | None) -> bool:
+    """Connected and not closing (a closing transport, before connection_lost has marked it lost, would drop
+    commands queued on it)."""
+    return conn is not None and not conn.lost and conn.transport is not None and not conn.transport.is_closing()
 
 
 class RespClient:
@@ -195,13 +196,11 @@ class RespClient:
         connection: one write and one read for them all, where spreading them over the connections costs a system
         call and a wake-up per connection."""
         conn = self._slots[self._last]
-        if conn is not None and conn.pending and not conn.lost and not _closing(conn):
+        if conn is not None and conn.pending and _up(conn):
             return self._last, conn
         i = self._last = next(self._next)
         conn = self._slots[i]
-        if conn is not None and not conn.lost and not _closing(conn):
-            return i, conn
-        return i, None
+        return i, conn if _up(conn) else None
 
     def send_nowait(self, *args: _Arg) -> asyncio.Future[Any] | None:
         """Queue a command for this turn's write without awaiting anything and return the future of its reply;
@@ -212,7 +211,7 @@ class RespClient:
         i, conn = self._live()
         if conn is None:
             self._reconnect_soon(i)
-            conn = next((c for c in self._slots if c is not None and not c.lost and not _closing(c)), None)
+            conn = next((c for c in self._slots if _up(c)), None)
             if conn is None:
                 return None
         (future,) = conn.send(_pack(args), 1)
@@ -244,7 +243,7 @@ class RespClient:
             raise RedisConnectionError(f"cannot connect to Redis at {self._host}:{self._port} in time") from None
         try:
             conn = self._slots[i]
-            if conn is None or conn.lost or _closing(conn):
+            if conn is None or not _up(conn):
                 if self._failed_at[i] != failed_at:
                     raise RedisConnectionError(f"cannot connect to Redis at {self._host}:{self._port}")
                 try:

@@ -3,7 +3,8 @@
 PostgreSQL: a binary COPY through asyncpg (about twice Core's executemany rate). SQLite: one ``executemany`` on the
 driver, with values converted here exactly as ``store.types`` stores them (naive-UTC text for ``UTCDateTime``,
 integer units for ``Money``); SQLAlchemy's bind processing cost ~17 µs per row on the gateway's own core, this a few.
-Used by the usage ledger and the event outbox, both written on every flush.
+Used by the usage ledger and the event outbox, both written on every flush. ``present`` tells which keys of a batch
+are already stored, the same way (the ledger's guard against writing a batch twice).
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ from decimal import ROUND_HALF_UP, Decimal
 from functools import cache
 from typing import Any
 
+import orjson
 from sqlalchemy import Table, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from aigw.store.types import Money, UTCDateTime
 
-__all__ = ["insert_rows"]
+__all__ = ["insert_rows", "present"]
 
 _Convert = Callable[[Any], Any]
 # Rows per COPY. asyncpg encodes all of a COPY's rows in one step of the event loop: 500 usage rows held the loop
@@ -34,9 +36,7 @@ async def insert_rows(
     if not rows:
         return
     checks = _aware_checks(table, tuple(columns))
-    driver = (await conn.get_raw_connection()).driver_connection
-    if driver is None:
-        raise RuntimeError("database connection is closed")
+    driver = await _driver(conn)
     if conn.dialect.name == "postgresql":
         # COPY bypasses the column types: the one check they would make (no naive datetimes) is made here.
         for row in rows:
@@ -54,6 +54,27 @@ async def insert_rows(
     converted = [[v if f is None else f(v) for f, v in zip(converters, row, strict=True)] for row in rows]
     # The driver begins the transaction implicitly before the INSERT; the caller's engine commits or rolls back.
     await driver.executemany(_insert_sql(table, tuple(columns)), converted)
+
+
+async def present(conn: AsyncConnection, table: Table, column: str, values: Sequence[str]) -> set[str]:
+    """Which of ``values`` ``table.column`` already holds: one array parameter on the driver (an expanded IN list of
+    500, or SQLAlchemy's processing of a list parameter, cost as much CPU as writing the rows). On PostgreSQL it may
+    run before the caller's transaction has begun (the adapter's BEGIN is lazy): enough for keys only this process
+    writes, as the ledger's record ids are."""
+    driver = await _driver(conn)
+    if conn.dialect.name == "postgresql":
+        sql = f"SELECT {column} FROM {table.name} WHERE {column} = ANY($1::text[])"
+        return {row[0] for row in await driver.fetch(sql, list(values))}
+    sql = f"SELECT {column} FROM {table.name} WHERE {column} IN (SELECT value FROM json_each(?))"
+    async with driver.execute(sql, (orjson.dumps(list(values)).decode(),)) as cursor:
+        return {row[0] for row in await cursor.fetchall()}
+
+
+async def _driver(conn: AsyncConnection) -> Any:
+    driver = (await conn.get_raw_connection()).driver_connection
+    if driver is None:
+        raise RuntimeError("database connection is closed")
+    return driver
 
 
 def _aware(value: datetime | None) -> None:

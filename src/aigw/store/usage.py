@@ -7,14 +7,13 @@ from dataclasses import dataclass, field, fields
 from datetime import UTC, date, datetime, time
 from decimal import Decimal
 from operator import attrgetter
-from typing import Any, Protocol
+from typing import Protocol
 
-import orjson
 from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from aigw.ids import hex_id
-from aigw.store.bulk import insert_rows
+from aigw.store.bulk import insert_rows, present
 from aigw.store.rollups import GroupBy, aggregate, fetch_totals, money, tenant_name_query, totals_query, upsert
 from aigw.store.tables import usage_daily, usage_records
 
@@ -47,20 +46,6 @@ class UsageRecord:
 
 _COLUMNS = tuple(f.name for f in fields(UsageRecord))
 _values = attrgetter(*_COLUMNS)  # record -> tuple in column order (dataclasses.astuple deep-copies: slow)
-
-
-# One parameter for the whole batch, on the driver: an expanded IN list of 500, or SQLAlchemy's processing of a list
-# parameter, cost as much CPU as writing the batch.
-_SEEN_PG = "SELECT record_id FROM usage_records WHERE record_id = ANY($1::text[])"
-_SEEN_SQLITE = "SELECT record_id FROM usage_records WHERE record_id IN (SELECT value FROM json_each(?))"
-
-
-async def _already_written(conn: AsyncConnection, ids: Sequence[str]) -> set[str]:
-    driver: Any = (await conn.get_raw_connection()).driver_connection
-    if conn.dialect.name == "postgresql":
-        return {row[0] for row in await driver.fetch(_SEEN_PG, list(ids))}
-    async with driver.execute(_SEEN_SQLITE, (orjson.dumps(list(ids)).decode(),)) as cursor:
-        return {row[0] for row in await cursor.fetchall()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +117,7 @@ class UsageRepo:
             # A batch may come again whole or in part after its commit went through unacknowledged (a connection
             # lost after COMMIT, a shutdown that gave up waiting): what is already there is not written twice, nor
             # counted again in the rollups or the events.
-            seen = await _already_written(conn, [r.record_id for r in records])
+            seen = await present(conn, usage_records, "record_id", [r.record_id for r in records])
             if seen:
                 records = [r for r in records if r.record_id not in seen]
                 if not records:
