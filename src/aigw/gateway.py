@@ -8,14 +8,15 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, TypeVar
 
 import orjson
 
-from aigw.caching import CachedAnswer, CachePlan, CacheStatus, ResponseCache
+from aigw.caching import CachedAnswer, CachePlan, ResponseCache
+from aigw.calls import CallContext, Routing, Served
 from aigw.config.model import AliasCache
 from aigw.errors import BudgetExceeded, ClientDisconnected, GatewayError
 from aigw.fallback import Chain, ChainFailed
@@ -27,55 +28,31 @@ from aigw.observe import Attempt, Observer
 from aigw.pricing import PriceTable
 from aigw.providers.base import ChatInput, Completion, EmbeddingsInput, EmbeddingsResult, StreamIdentity
 from aigw.providers.transport import Upstream, UpstreamStream
-from aigw.ratelimit import LimitStore, Reservation
+from aigw.ratelimit import LimitStore
 from aigw.routing import Router, Target
 from aigw.schema.usage import Usage
 from aigw.state import BreakerStore
 from aigw.state.budgets import BudgetStore, month_of
 from aigw.store.usage import UsageRecord
 from aigw.streams import CacheFill, ChatStream, CommittedStream, ReplayStream
-from aigw.tenancy import Principal
 
 CLIENT_CLOSED = ClientDisconnected.status
 T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
-class Routing:
-    """What a config reload swaps, as one value: a request resolves, runs and is priced on the routing it started
-    with, whatever reload lands while it waits on Redis or an upstream."""
+class _Booked:
+    """What the ledger row and the metrics of a finished request need, captured when it finished."""
 
-    router: Router
-    upstreams: Mapping[str, Upstream]
-    prices: PriceTable | None
-    chain: Chain
-
-
-@dataclass(slots=True)
-class CallContext:
-    principal: Principal
-    request_id: str
-    model: str  # as the client asked (alias or provider/model)
-    started: float  # perf_counter at arrival
-    stream: bool = False
-    token_estimate: int = 0  # the TPM reservation (aigw.limits); only computed when the tenant has a TPM limit
-    limit_headers: dict[str, str] = field(default_factory=dict)  # x-ratelimit-*, for every response
-    reservation: Reservation | None = None
-    cache_control: str | None = None  # the client's Cache-Control header (chat only)
-    cache: CacheStatus | None = None  # x-aigw-cache once decided; None: the cache does not apply (embeddings)
-    target: Target | None = None  # the target whose client error is being returned, for the ledger
-    upstream_s: float = 0.0  # time spent waiting on upstreams (the gateway's overhead is the rest)
-    # The routing when the request entered the gateway: a reload neither reroutes nor reprices it.
-    routing: Routing | None = None
-    attempts: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class Served:
-    body: bytes
-    provider: str
-    attempts: int  # targets called (x-aigw-attempts)
-    cost_usd: Decimal | None = None  # None: the model has no price
+    ctx: CallContext
+    status: int
+    target: Target | None
+    usage: Usage
+    cost: Decimal | None
+    saved: Decimal | None
+    hit: bool
+    error: GatewayError | None
+    ended: float  # perf_counter when the request was finished (its latency ends there, not at the booking)
 
 
 def new_identity() -> StreamIdentity:
@@ -149,9 +126,11 @@ class Gateway:
         usage: Usage | None,
         error: GatewayError | None = None,
         hit: CachedAnswer | None = None,
+        responded: bool = False,
     ) -> Decimal | None:
         """One ledger row for the request. A cache hit costs nothing and uses no upstream tokens; what it saved is
-        its stored usage at today's prices."""
+        its stored usage at today's prices. ``responded``: the response is over already (a stream's end), so
+        nothing is gained by booking later."""
         u = usage or Usage()
         saved: Decimal | None = None
         if hit is not None:
@@ -160,6 +139,33 @@ class Gateway:
         else:
             cost = self._cost(ctx, target, u) if usage is not None else Decimal(0)
         reservation, ctx.reservation = ctx.reservation, None
+        # The ledger row, the metrics and the access line wait for the next turn of the loop, after the response
+        # has been written in this one: ~25-40 us a request that the client no longer waits for. Still before
+        # anything that arrives later (a callback queued now runs before the loop's next I/O), and booked first:
+        # nothing below may cost the request its row.
+        booked = _Booked(ctx, status, target, u, cost, saved, hit is not None, error, time.perf_counter())
+        if responded:
+            self._book(booked)
+        else:
+            asyncio.get_running_loop().call_soon(self._book, booked)
+        # What the next request may depend on happens now: the TPM settle and the spend (a tenant's next request
+        # must see them), and the span's attributes (the span ends with the response).
+        limits = self.limits
+        if reservation is not None and limits is not None and not limits.settle_soon(reservation, u.total_tokens):
+            self._spawn(limits.settle(reservation, u.total_tokens))
+        if cost and self.budgets is not None:
+            tenant, month = ctx.principal.tenant_id, month_of(datetime.now(UTC))
+            if not self.budgets.add_soon(tenant, month, cost):
+                self._spawn(self.budgets.add(tenant, month, cost))
+        if self.observer is not None:
+            self.observer.request_span(ctx.principal.tenant_id, u, cost, ctx.cache, error)
+        return cost
+
+    def _book(self, b: _Booked) -> None:
+        """The request's ledger row, metrics and access line (after its response: ``_record``)."""
+        ctx, target, u = b.ctx, b.target, b.usage
+        duration_s = b.ended - ctx.started
+        error_type = b.error.error_type if b.error else None
         self._recorder.record(
             UsageRecord(
                 request_id=ctx.request_id,
@@ -174,42 +180,32 @@ class Gateway:
                 completion_tokens=u.completion_tokens,
                 cached_prompt_tokens=u.cached_prompt_tokens,
                 cache_write_tokens=u.cache_write_tokens,
-                cost_usd=cost,
-                status=status,
-                latency_ms=(time.perf_counter() - ctx.started) * 1000.0,
+                cost_usd=b.cost,
+                status=b.status,
+                latency_ms=duration_s * 1000.0,
                 stream=ctx.stream,
-                cache_hit=hit is not None,
-                error_type=error.error_type if error else None,
+                cache_hit=b.hit,
+                error_type=error_type,
                 cache=ctx.cache,
-                saved_cost_usd=saved,
+                saved_cost_usd=b.saved,
             )
         )
-        # After the ledger row (nothing here may cost the request its row). Queued without a task where the store
-        # can (the lean Redis client, memory): they then leave in the same write as the cache store's SET below.
-        limits = self.limits
-        if reservation is not None and limits is not None and not limits.settle_soon(reservation, u.total_tokens):
-            self._spawn(limits.settle(reservation, u.total_tokens))
-        if cost and self.budgets is not None:
-            tenant, month = ctx.principal.tenant_id, month_of(datetime.now(UTC))
-            if not self.budgets.add_soon(tenant, month, cost):
-                self._spawn(self.budgets.add(tenant, month, cost))
         if self.observer is not None:
             self.observer.request(
                 request_id=ctx.request_id,
                 tenant=ctx.principal.tenant_id,
                 model=ctx.model,
                 provider=target.provider if target else None,
-                status=status,
+                status=b.status,
                 cache=ctx.cache,
                 stream=ctx.stream,
-                duration_s=time.perf_counter() - ctx.started,
+                duration_s=duration_s,
                 upstream_s=ctx.upstream_s,
                 usage=u,
-                cost=cost,
+                cost=b.cost,
                 attempts=ctx.attempts,
-                error_type=error.error_type if error else None,
+                error_type=error_type,
             )
-        return cost
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         """Bookkeeping after the response (TPM settle, spend totals) when the store cannot queue it at once (redis-py,

@@ -158,6 +158,29 @@ class Observer:
                 self.tracing.record_input_messages(span, messages)
         return Attempt(self, target, upstream, span, operation)
 
+    def request_span(
+        self, tenant: str, usage: Usage, cost: Decimal | None, cache: str | None, error: GatewayError | None
+    ) -> None:
+        """The request's result on its server span, while that span is still current (gateway._record)."""
+        if self.tracing is None:
+            return
+        span = trace.get_current_span()  # the server span (attempts' spans are no longer current here)
+        if not span.is_recording():
+            return
+        set_response_attrs(
+            span,
+            response_model=None,
+            response_id=None,
+            finish_reasons=None,
+            input_tokens=usage.prompt_tokens,
+            output_tokens=usage.completion_tokens,
+            error_type=error.error_type if error else None,
+            cost_usd=cost,
+            cache=cache,
+            tenant=tenant,
+            mark_error=False,  # the response status decides (set_server_status): 4xx is the client's
+        )
+
     def request(
         self,
         *,
@@ -175,7 +198,7 @@ class Observer:
         attempts: int,
         error_type: str | None,
     ) -> None:
-        """Once per request, with the ledger record (gateway._record)."""
+        """Once per request, with the ledger record (gateway._book)."""
         overhead_s = max(0.0, duration_s - upstream_s)
         self.metrics.request_done(
             tenant=tenant,
@@ -188,21 +211,6 @@ class Observer:
             overhead_s=overhead_s,
             cost_usd=cost,
         )
-        if self.tracing is not None:
-            span = trace.get_current_span()  # the server span (attempts' spans are no longer current here)
-            set_response_attrs(
-                span,
-                response_model=None,
-                response_id=None,
-                finish_reasons=None,
-                input_tokens=usage.prompt_tokens,
-                output_tokens=usage.completion_tokens,
-                error_type=error_type,
-                cost_usd=cost,
-                cache=cache,
-                tenant=tenant,
-                mark_error=False,  # the response status decides (set_server_status): 4xx is the client's
-            )
         access_log(
             request_id=request_id,
             tenant=tenant,

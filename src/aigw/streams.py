@@ -18,7 +18,8 @@ from aigw.providers.transport import UpstreamStream
 from aigw.routing import Target
 
 if TYPE_CHECKING:
-    from aigw.gateway import CallContext, Gateway
+    from aigw.calls import CallContext
+    from aigw.gateway import Gateway
 
 __all__ = ["CacheFill", "ChatStream", "CommittedStream", "ReplayStream"]
 
@@ -121,7 +122,9 @@ class CommittedStream:
                     error=error,
                     choices=self._said.choices() if self._said is not None else None,
                 )
-            self._gw._record(self._ctx, status=status, target=self.target, usage=self._stream.usage, error=error)
+            self._gw._record(
+                self._ctx, status=status, target=self.target, usage=self._stream.usage, error=error, responded=True
+            )
             if self._permit is not None:  # the target's verdict is the whole stream's, not its first chunk's
                 permit, self._permit = self._permit, None
                 if status == 200:
@@ -153,4 +156,5 @@ class ReplayStream:
 
     async def close(self, *, status: int, error: GatewayError | None = None) -> None:
         target = Target(self._hit.provider, self._hit.upstream_model)
-        self._gw._record(self._ctx, status=status, target=target, usage=None, error=error, hit=self._hit)
+        gw, ctx = self._gw, self._ctx
+        gw._record(ctx, status=status, target=target, usage=None, error=error, hit=self._hit, responded=True)

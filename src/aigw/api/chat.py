@@ -12,8 +12,8 @@ from aigw.api.bodies import read_json_object, typed
 from aigw.api.deps import client_principal, request_id, services
 from aigw.api.disconnect import until_disconnect
 from aigw.api.sse import SSEResponse
+from aigw.calls import CallContext
 from aigw.errors import GatewayError
-from aigw.gateway import CallContext
 from aigw.limits import estimate_chat
 from aigw.providers.base import ChatInput
 from aigw.schema.chat import ChatCompletionRequest

@@ -11,7 +11,7 @@ from aigw.api.bodies import read_json_object, typed
 from aigw.api.chat import overhead_ms
 from aigw.api.deps import client_principal, request_id, services
 from aigw.api.disconnect import until_disconnect
-from aigw.gateway import CallContext
+from aigw.calls import CallContext
 from aigw.limits import estimate_embeddings
 from aigw.providers.base import EmbeddingsInput
 from aigw.schema.embeddings import EmbeddingRequest
