@@ -71,12 +71,23 @@ def verdict(value: float | None, bound: float | None) -> str:
 def table(paths: Mapping[str, Figures], profile: str) -> str:
     bounds = targets(profile)
     names = list(paths)
-    header = ["figure", *names, "gw ÷ fwd" if "forwarder" in paths else "", "target", ""]
+    base = "baseline" in paths  # BENCH_BASELINE: this code against another checkout's, same run
+    header = [
+        "figure",
+        *names,
+        "gw ÷ fwd" if "forwarder" in paths else "",
+        *(["gw ÷ base"] if base else []),
+        "target",
+        "",
+    ]
     lines = [header]
     for row in ROWS:
         cells = [row.label, *(_fmt(paths[p].get(row.key), row.unit, row.digits) for p in names)]
         gw, fwd = paths["gateway"].get(row.key), paths.get("forwarder", {}).get(row.key)
         cells.append(f"{gw / fwd:.1f}x" if row.ratio and gw is not None and fwd and fwd > 0 else "")
+        if base:
+            was = paths["baseline"].get(row.key)
+            cells.append(f"{gw / was:.3f}x" if row.ratio and gw is not None and was and was > 0 else "")
         bound = bounds.get(row.key)
         cells.append(f"≤ {_fmt(bound, row.unit, row.digits if row.unit != 'µs' else 0)}" if bound else "")
         cells.append(verdict(gw, bound))

@@ -48,6 +48,14 @@ def _phases(value: str) -> frozenset[str]:
     return chosen
 
 
+def _baseline(value: str) -> str:
+    if value and not (Path(value) / "aigw" / "__init__.py").is_file():
+        raise SystemExit(
+            f"BENCH_BASELINE={value!r}: a source directory holding the aigw package (another checkout's src)"
+        )
+    return str(Path(value).resolve()) if value else ""
+
+
 DEFAULT_PG = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 DEFAULT_REDIS = "redis://127.0.0.1:6379/14"
 
@@ -63,6 +71,9 @@ class Options:
     cache: bool  # response cache on, every request a miss (lookup + store)
     forwarder: bool  # also measure the bare forwarder
     phases: frozenset[str] = frozenset(PHASES)  # which measurements to take (all by default)
+    # Another checkout's src/ (e.g. a git worktree of the last commit): a second gateway from that code, measured
+    # in the same run, interleaved with this one: an A/B on the same minutes of the VM.
+    baseline: str = ""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Options:
@@ -88,6 +99,7 @@ class Options:
             cache=environ.get("BENCH_CACHE", "1" if prod else "0") != "0",
             forwarder=environ.get("BENCH_FORWARDER", "1") != "0",
             phases=_phases(environ.get("BENCH_PHASES", ",".join(PHASES))),
+            baseline=_baseline(environ.get("BENCH_BASELINE", "")),
         )
 
     def describe(self) -> str:
@@ -108,6 +120,7 @@ class Target:
     key: str
     model: str
     pid: int | None  # the process whose CPU is measured (None: the mock itself, the direct path)
+    tenant: str = ""  # the bench tenant's id on a gateway
 
 
 def n(opts: Options, x: int) -> int:
@@ -203,13 +216,15 @@ async def _with_cpu(
 async def _interleaved(
     opts: Options, paths: dict[str, Target], *, n_: int, stream: bool = False, rounds: int = 10
 ) -> dict[str, Result]:
-    """Concurrency 1, the paths taking turns in ``rounds`` slices: a drift in the machine's speed (this VM's moves
-    by tens of percent over minutes) then weighs on every path alike instead of on whichever ran last."""
+    """Concurrency 1, the paths taking turns in ``rounds`` slices, in alternating order: a drift in the machine's
+    speed (this VM's moves by tens of percent over minutes) then weighs on every path alike instead of on whichever
+    ran last."""
     parts: dict[str, list[Result]] = {name: [] for name in paths}
     cpu: dict[str, float] = dict.fromkeys(paths, 0.0)
     size = max(1, n(opts, n_) // rounds)
-    for _ in range(rounds):
-        for name, path in paths.items():
+    for i in range(rounds):
+        # The order reversed every other slice: a path is not always the one that runs after another's.
+        for name, path in list(paths.items())[:: 1 if i % 2 == 0 else -1]:
             cpu0 = cpu_seconds(path.pid) if path.pid else 0.0
             parts[name].append(
                 await run(path.url, path.key, path.model, n=size, concurrency=1, stream=stream, unique=opts.cache)
@@ -271,8 +286,8 @@ async def measure(opts: Options, paths: dict[str, Target]) -> tuple[dict[str, di
     return figs, sum(r.count for r in runs["gateway"])
 
 
-def gateway_config(opts: Options, tmp: str, mock: str, database_url: str) -> Path:
-    cfg = Path(tmp) / "bench.yaml"
+def gateway_config(opts: Options, tmp: str, mock: str, database_url: str, name: str = "bench") -> Path:
+    cfg = Path(tmp) / f"{name}.yaml"
     cfg.write_text(
         f"admin_key: {ADMIN}\n"
         f"database_url: {database_url}\n"
@@ -305,6 +320,20 @@ def started(argv: list[str], env: dict[str, str], log: Path | None = None) -> It
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def serve_argv(cfg: Path, port: int) -> list[str]:
+    return [str(BIN / "aigw"), "serve", "--config", str(cfg), "--port", str(port)]
+
+
+def new_tenant(opts: Options, gw: str, pid: int) -> Target:
+    """The bench tenant on a started gateway, as the path to drive."""
+    wait_http(gw + "/healthz")
+    time.sleep(0.2)
+    # Within a PostgreSQL INTEGER: the admin API does not bound them yet.
+    limits = {"rate_limit_rpm": 10**9, "rate_limit_tpm": 2 * 10**9, "monthly_budget_usd": 10**6}
+    tenant = http_json(gw + "/admin/tenants", "POST", {"name": "bench", **(limits if opts.limits else {})})
+    return Target(gw + "/v1/chat/completions", str(tenant["api_key"]), "bench", pid, str(tenant["id"]))
 
 
 def log_problems(log: Path) -> dict[str, int]:
@@ -354,18 +383,22 @@ def bench(opts: Options) -> Outcome:
             fwd_proc = stack.enter_context(started(pinned(0, [py, "-m", "bench.forwarder", str(fwd_port), mock]), env))
             wait_http(fwd + "/healthz")
             paths["forwarder"] = Target(fwd + "/v1/chat/completions", "sk-bench", "bench-model", fwd_proc.pid)
-        serve = [str(BIN / "aigw"), "serve", "--config", str(cfg), "--port", str(gw_port)]
         gw_log = Path(tmp) / "gateway.log"
-        with started(pinned(0, serve), child_env(otel_env(opts, sink)), gw_log) as gw_proc:
-            wait_http(gw + "/healthz")
-            time.sleep(0.2)
-            # Within a PostgreSQL INTEGER: the admin API does not bound them yet.
-            limits = {"rate_limit_rpm": 10**9, "rate_limit_tpm": 2 * 10**9, "monthly_budget_usd": 10**6}
-            tenant = http_json(gw + "/admin/tenants", "POST", {"name": "bench", **(limits if opts.limits else {})})
-            paths["gateway"] = Target(gw + "/v1/chat/completions", str(tenant["api_key"]), "bench", gw_proc.pid)
+        if opts.baseline:  # on PostgreSQL both share the database (migrated by this code), each its own tenant
+            base_port = free_port()
+            base_db = db_url if opts.pg_url else f"sqlite+aiosqlite:///{tmp}/base.db"
+            base_cfg = gateway_config(opts, tmp, mock, base_db, name="baseline")
+            base_env = child_env(otel_env(opts, sink) | {"PYTHONPATH": opts.baseline})
+            base_proc = stack.enter_context(
+                started(pinned(0, serve_argv(base_cfg, base_port)), base_env, Path(tmp) / "baseline.log")
+            )
+            paths["baseline"] = new_tenant(opts, f"http://127.0.0.1:{base_port}", base_proc.pid)
+        with started(pinned(0, serve_argv(cfg, gw_port)), child_env(otel_env(opts, sink)), gw_log) as gw_proc:
+            paths["gateway"] = new_tenant(opts, gw, gw_proc.pid)
             figs, sent = asyncio.run(measure(opts, paths))
             time.sleep(1.5)  # the usage ledger flushes every 0.5 s
-            usage = http_json(f"{gw}/admin/tenants/{tenant['id']}/usage")
+            tenant_id = paths["gateway"].tenant
+            usage = http_json(f"{gw}/admin/tenants/{tenant_id}/usage")
             extra |= cache_lookups(gw) if opts.cache else {}
         problems = log_problems(gw_log)
         # After the gateway stopped: its span processor has flushed what it buffered.
@@ -391,6 +424,8 @@ def print_report(opts: Options, result: Outcome) -> None:
         "gateway and bare forwarder on core 0, mock upstream + load generator"
         f"{' + OTLP sink' if opts.trace != 'off' else ''} on core 1; one worker; BENCH_SCALE={opts.scale:g}"
     )
+    if opts.baseline:
+        print(f"baseline: a second gateway from {opts.baseline}, on core 0 too, interleaved with this one")
     print(report.table(figs, opts.profile))
     if "cpu_us_per_req" in figs["gateway"]:
         print(report.peers(figs["gateway"]["cpu_us_per_req"], figs.get("forwarder", {}).get("cpu_us_per_req")))
