@@ -52,6 +52,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from aigw.api.server import HeadWithBodyProtocol
+
     path = _config_path(args.config)
     settings = _settings(path)
     logging.basicConfig(
@@ -69,7 +71,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "host": args.host,
         "port": args.port,
         "loop": "uvloop",
-        "http": "httptools",
+        "http": HeadWithBodyProtocol,  # uvicorn's httptools protocol, a response's head sent with its body
         "access_log": False,  # per-request logs are structured and cheap (issue 7), not uvicorn's
         "log_level": settings.log_level,
         # Drain: uvicorn stops accepting at once, waits for in-flight requests and streams up to this, then runs the

@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import uvicorn
 
+from aigw.api.server import HeadWithBodyProtocol
 from aigw.app import create_app
 from aigw.config import Settings
 from aigw.store.migrate import upgrade_to_head
@@ -36,7 +37,7 @@ class RunningGateway:
             host="127.0.0.1",
             port=self.port,
             loop="asyncio",
-            http="httptools",
+            http=HeadWithBodyProtocol,  # as `aigw serve` runs it
             log_level="warning",
             lifespan="on",
             timeout_graceful_shutdown=5,
