@@ -28,7 +28,9 @@ class ChatStream(Protocol):
     provider: str
     attempts: int
 
-    def chunks(self) -> AsyncIterator[bytes]: ...
+    def batches(self) -> AsyncIterator[list[bytes]]:
+        """Chunk JSON, in batches of what is at hand at once (one network read): each batch leaves in one write."""
+        ...
 
     async def close(self, *, status: int, error: GatewayError | None = None) -> None: ...
 
@@ -87,25 +89,28 @@ class CommittedStream:
         # Content capture (opt-in) records the answer on the attempt's span: assembled as the cache does.
         self._said = StreamAssembler() if attempt is not None and attempt.captures_content else None
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    async def batches(self) -> AsyncIterator[list[bytes]]:
         fill = self._fill
         said = self._said
         if self._first is not None:
             first, self._first = self._first, None
-            if fill is not None:
-                fill.feed(first)
-            if said is not None:
-                said.feed(first)
-            yield first
-        async for chunk in self._stream:
+            batch = [first, *self._stream.take_rest()]
+            self._feed(batch, fill, said)
+            yield batch
+        async for batch in self._stream:
+            self._feed(batch, fill, said)
+            yield batch
+        if fill is not None:  # only reached when the upstream ended the stream normally
+            self._fill = None
+            await fill.finish(self.target, self._stream)
+
+    @staticmethod
+    def _feed(batch: list[bytes], fill: CacheFill | None, said: StreamAssembler | None) -> None:
+        for chunk in batch:
             if fill is not None:
                 fill.feed(chunk)
             if said is not None:
                 said.feed(chunk)
-            yield chunk
-        if fill is not None:  # only reached when the upstream ended the stream normally
-            self._fill = None
-            await fill.finish(self.target, self._stream)
 
     async def close(self, *, status: int, error: GatewayError | None = None) -> None:
         try:
@@ -150,9 +155,8 @@ class ReplayStream:
         self.provider = hit.provider
         self._chunks = replay_chunks(hit.completion, ident, include_usage)
 
-    async def chunks(self) -> AsyncIterator[bytes]:
-        for chunk in self._chunks:
-            yield chunk
+    async def batches(self) -> AsyncIterator[list[bytes]]:
+        yield list(self._chunks)  # all at hand: one write
 
     async def close(self, *, status: int, error: GatewayError | None = None) -> None:
         target = Target(self._hit.provider, self._hit.upstream_model)

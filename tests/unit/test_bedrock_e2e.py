@@ -319,7 +319,7 @@ async def test_through_the_gateway_transport(fake: FakeBedrock, signer: SigV4Sig
         assert orjson.loads(completion.body)["choices"][0]["message"]["content"] == "Echo: hello there world"
         opened, first = await upstream.open_stream(chat(HELLO), MODEL, IDENT, include_usage=True)
         try:
-            rest = [chunk async for chunk in opened]
+            rest = [chunk async for batch in opened for chunk in batch]
         finally:
             await opened.aclose()
         chunks = [orjson.loads(c) for c in [first, *rest]]

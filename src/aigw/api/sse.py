@@ -51,8 +51,9 @@ class SSEResponse:
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self._headers})
             try:
-                async for chunk in stream.chunks():
-                    await send({"type": "http.response.body", "body": b"data: " + chunk + b"\n\n", "more_body": True})
+                async for batch in stream.batches():
+                    body = b"".join([b"data: " + chunk + b"\n\n" for chunk in batch])
+                    await send({"type": "http.response.body", "body": body, "more_body": True})
             except UpstreamError as err:
                 status, error = 502, err
                 await send(

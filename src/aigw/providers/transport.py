@@ -138,7 +138,8 @@ class UpstreamStream:
         self._resp = resp
         self.decoder = decoder
         self._parser = make_parser(framing)
-        self._gen = self._chunks()
+        self._gen = self._read()
+        self._rest: list[bytes] = []  # what came with the first chunk (next_chunk), not yet iterated
         # The whole-stream bound: one timer that closes the connection (cheaper than a timeout per read).
         self._limit_s = limit_s
         self._expired = False
@@ -160,34 +161,45 @@ class UpstreamStream:
     def finish_reason(self) -> str | None:
         return self.decoder.finish_reason
 
-    def __aiter__(self) -> AsyncIterator[bytes]:
-        return self._gen
+    def __aiter__(self) -> AsyncIterator[list[bytes]]:
+        """The chunks in batches: what one network read decoded to, so that they can leave in one write."""
+        return self._batches()
+
+    async def _batches(self) -> AsyncGenerator[list[bytes], None]:
+        rest = self.take_rest()
+        if rest:
+            yield rest
+        async for batch in self._gen:
+            yield batch
+
+    def take_rest(self) -> list[bytes]:
+        """The chunks that came in the first chunk's read (``next_chunk``), to send with it."""
+        rest, self._rest = self._rest, []
+        return rest
 
     async def next_chunk(self) -> bytes:
-        """The commit point's read: the first chunk, or the error that lets the caller fall back."""
+        """The commit point's read: the first chunk, or the error that lets the caller fall back. The chunks that
+        came with it in the same read are the first batch of the iteration."""
         try:
-            return await anext(self._gen)
+            first, *self._rest = await anext(self._gen)
         except StopAsyncIteration:
             raise UpstreamError(
                 f"{self._provider} ended the stream without any chunk",
                 upstream_status=502,
                 provider=self._provider,
             ) from None
+        return first
 
-    async def _chunks(self) -> AsyncGenerator[bytes, None]:
-        # Event by event, so chunks decoded before an error event in the same network read still go out first:
-        # where the commit point falls must not depend on how TCP happened to split the upstream's bytes.
-        feed, parser, provider = self.decoder.feed, self._parser, self._provider
+    async def _read(self) -> AsyncGenerator[list[bytes], None]:
+        provider = self._provider
         try:
             with map_transport_errors(provider):
                 async for data in self._resp.content.iter_any():
-                    with map_decode_errors(provider):
-                        events = parser.feed(data)
-                    for event in events:
-                        with map_decode_errors(provider):
-                            chunks = feed(event)
-                        for chunk in chunks:
-                            yield chunk
+                    batch, error = self._decode(data)
+                    if batch:
+                        yield batch
+                    if error is not None:
+                        raise error
         except UpstreamError:
             if self._expired:
                 raise UpstreamTimeout(
@@ -196,17 +208,27 @@ class UpstreamStream:
             raise
         if self._expired:  # closed by the timer between two reads: the body "ended" early, it did not finish
             raise UpstreamTimeout(f"{provider} stream did not finish within {self._limit_s:g}s", provider=provider)
-        with map_decode_errors(provider):
-            events = parser.close()
-        for event in events:
-            with map_decode_errors(provider):
-                chunks = feed(event)
-            for chunk in chunks:
-                yield chunk
-        with map_decode_errors(provider):
-            chunks = self.decoder.finish()
-        for chunk in chunks:
-            yield chunk
+        batch, error = self._decode(None)
+        if batch:
+            yield batch
+        if error is not None:
+            raise error
+
+    def _decode(self, data: bytes | None) -> tuple[list[bytes], UpstreamError | None]:
+        """The chunks one network read decodes to (None: the end of the body), and the error that cut them short.
+        The chunks before an error event in the same read still go out first, so where the commit point falls does
+        not depend on how TCP happened to split the bytes."""
+        batch: list[bytes] = []
+        feed = self.decoder.feed
+        try:
+            with map_decode_errors(self._provider):
+                for event in self._parser.feed(data) if data is not None else self._parser.close():
+                    batch += feed(event)
+                if data is None:
+                    batch += self.decoder.finish()
+        except UpstreamError as exc:
+            return batch, exc
+        return batch, None
 
     async def aclose(self) -> None:
         self._timer.cancel()
