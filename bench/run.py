@@ -204,30 +204,28 @@ async def _one(opts: Options, path: Target, *, n_: int, concurrency: int, stream
     )
 
 
-async def _with_cpu(
-    opts: Options, path: Target, *, n_: int, concurrency: int, stream: bool = False
-) -> tuple[Result, float]:
-    cpu0 = cpu_seconds(path.pid) if path.pid else 0.0
-    res = await _one(opts, path, n_=n_, concurrency=concurrency, stream=stream)
-    cpu = (cpu_seconds(path.pid) - cpu0) if path.pid else float("nan")
-    return res, cpu / max(1, len(res.latencies)) * 1e6
-
-
 async def _interleaved(
-    opts: Options, paths: dict[str, Target], *, n_: int, stream: bool = False, rounds: int = 10
+    opts: Options,
+    paths: dict[str, Target],
+    *,
+    n_: int,
+    stream: bool = False,
+    rounds: int = 10,
+    concurrency: int = 1,
 ) -> dict[str, Result]:
-    """Concurrency 1, the paths taking turns in ``rounds`` slices, in alternating order: a drift in the machine's
-    speed (this VM's moves by tens of percent over minutes) then weighs on every path alike instead of on whichever
-    ran last."""
+    """The paths taking turns in ``rounds`` slices, in alternating order: a drift in the machine's speed (this VM's
+    moves by tens of percent over minutes) then weighs on every path alike instead of on whichever ran last, and no
+    path always runs right after another's (its ledger flush, its Redis work)."""
     parts: dict[str, list[Result]] = {name: [] for name in paths}
     cpu: dict[str, float] = dict.fromkeys(paths, 0.0)
     size = max(1, n(opts, n_) // rounds)
     for i in range(rounds):
-        # The order reversed every other slice: a path is not always the one that runs after another's.
         for name, path in list(paths.items())[:: 1 if i % 2 == 0 else -1]:
             cpu0 = cpu_seconds(path.pid) if path.pid else 0.0
             parts[name].append(
-                await run(path.url, path.key, path.model, n=size, concurrency=1, stream=stream, unique=opts.cache)
+                await run(
+                    path.url, path.key, path.model, n=size, concurrency=concurrency, stream=stream, unique=opts.cache
+                )
             )
             cpu[name] += (cpu_seconds(path.pid) - cpu0) if path.pid else 0.0
     return {
@@ -255,23 +253,23 @@ async def measure(opts: Options, paths: dict[str, Target]) -> tuple[dict[str, di
             figs[name] |= {"c1_p50_ms": r.pct(50) * 1000, "c1_p99_ms": r.pct(99) * 1000}
             if r.cpu_s is not None:  # at c=1, latency minus this is time spent waiting (Redis, the database)
                 figs[name]["c1_cpu_us_per_req"] = r.cpu_s / max(1, len(r.latencies)) * 1e6
-    if "c64" in opts.phases:
-        for name, path in paths.items():
-            r, cpu_us = await _with_cpu(opts, path, n_=20000, concurrency=64)
+    if "c64" in opts.phases:  # two halves, the second in reverse order (see _interleaved)
+        for name, r in (await _interleaved(opts, paths, n_=20000, rounds=2, concurrency=64)).items():
             runs[name].append(r)
             figs[name] |= {"c64_rps": r.rps, "c64_p99_ms": r.pct(99) * 1000}
-            if path.pid:
+            if r.cpu_s is not None:
+                cpu_us = r.cpu_s / max(1, len(r.latencies)) * 1e6
                 figs[name] |= {"cpu_us_per_req": cpu_us, "rps_per_core": 1e6 / cpu_us}
     if "ttfc" in opts.phases:
         for name, r in (await _interleaved(opts, paths, n_=2000, stream=True)).items():
             runs[name].append(r)
             figs[name]["ttfc_p50_ms"] = r.pct(50) * 1000
-    if "streams" in opts.phases:
-        for name, path in paths.items():
-            if path.pid:  # the direct path has no process of its own to measure
-                r, cpu_us = await _with_cpu(opts, path, n_=4000, concurrency=32, stream=True)
-                runs[name].append(r)
-                figs[name] |= {"cpu_us_per_stream": cpu_us, "streams_per_s": r.rps}
+    if "streams" in opts.phases:  # the direct path has no process of its own to measure
+        measured = {name: path for name, path in paths.items() if path.pid}
+        for name, r in (await _interleaved(opts, measured, n_=4000, stream=True, rounds=2, concurrency=32)).items():
+            runs[name].append(r)
+            assert r.cpu_s is not None
+            figs[name] |= {"cpu_us_per_stream": r.cpu_s / max(1, len(r.latencies)) * 1e6, "streams_per_s": r.rps}
     direct = figs["direct"]
     for name, path in paths.items():
         f = figs[name]

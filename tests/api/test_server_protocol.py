@@ -69,6 +69,24 @@ def test_a_chunked_head_leaves_at_once() -> None:
     assert rec.writes == [head, b"5\r\nhello\r\n"]
 
 
+def test_a_body_that_looks_like_a_head_is_body() -> None:
+    """A message/http payload, sent in pieces: only the cycle's first head is a head."""
+    t, rec = wrapped()
+    t.write(HEAD.replace(b"content-length: 2", b"content-length: 47"))
+    t.write(b"payload: ")
+    looks_like_a_head = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"
+    t.write(looks_like_a_head)
+    assert rec.writes[-1] == looks_like_a_head and len(rec.writes) == 2
+
+
+def test_a_large_body_is_not_copied_to_join_its_head() -> None:
+    t, rec = wrapped()
+    body = b"x" * (1024 * 1024)
+    t.write(HEAD)
+    t.write(body)
+    assert rec.writes[0] == HEAD and rec.writes[1] is body
+
+
 def test_a_held_head_is_written_before_the_connection_closes() -> None:
     t, rec = wrapped()
     t.write(HEAD)

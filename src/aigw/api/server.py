@@ -15,27 +15,38 @@ from typing import Any
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 _HEAD = b"HTTP/1.1 "
+_INTERIM = b"HTTP/1.1 1"  # 1xx: 100 Continue, written as it comes
+_JOIN_MAX = 64 * 1024
 
 
 class _HeadWithBody:
     """The transport as one request-response cycle sees it (``write``, ``close``, ``is_closing``)."""
 
-    __slots__ = ("_held", "_transport")
+    __slots__ = ("_headed", "_held", "_transport")
 
     def __init__(self, transport: asyncio.Transport) -> None:
         self._transport = transport
         self._held: bytes | None = None
+        self._headed = False  # the cycle's final head has been written or held: all later writes are its body
 
     def write(self, data: bytes) -> None:
         held = self._held
         if held is not None:
             self._held = None
-            self._transport.write(held + data)
-        elif data.startswith(_HEAD) and b"\r\ncontent-length: " in data:
-            # A response's head with a length (a 100 Continue has none): its body's write is next.
-            self._held = data
-        else:
-            self._transport.write(data)
+            if len(data) <= _JOIN_MAX:
+                self._transport.write(held + data)
+                return
+            self._transport.write(held)  # a large body is not copied to save one system call
+        elif not self._headed and data.startswith(_HEAD):
+            # Only the cycle's own head (its body may look like one: message/http), and not a 100 Continue.
+            if data.startswith(_INTERIM):
+                self._transport.write(data)
+                return
+            self._headed = True
+            if b"\r\ncontent-length: " in data:  # a whole body follows: its write is next
+                self._held = data
+                return
+        self._transport.write(data)
 
     def close(self) -> None:
         held, self._held = self._held, None
