@@ -140,7 +140,7 @@ class Gateway:
             cost = self._cost(ctx, target, u) if usage is not None else Decimal(0)
         reservation, ctx.reservation = ctx.reservation, None
         # The ledger row, the metrics and the access line wait for the next turn of the loop, after the response
-        # has been written in this one: ~25-40 us a request that the client no longer waits for. Still before
+        # has been written in this one: ~10-25 us a request that the client no longer waits for. Still before
         # anything that arrives later (a callback queued now runs before the loop's next I/O), and booked first:
         # nothing below may cost the request its row.
         booked = _Booked(ctx, status, target, u, cost, saved, hit is not None, error, time.perf_counter())
@@ -149,7 +149,8 @@ class Gateway:
         else:
             asyncio.get_running_loop().call_soon(self._book, booked)
         # What the next request may depend on happens now: the TPM settle and the spend (a tenant's next request
-        # must see them), and the span's attributes (the span ends with the response).
+        # must see them), and the span's attributes (the span ends with the response). The settle and the spend are
+        # queued without a task where the store can, and leave in the same write as the cache store's SET.
         limits = self.limits
         if reservation is not None and limits is not None and not limits.settle_soon(reservation, u.total_tokens):
             self._spawn(limits.settle(reservation, u.total_tokens))
@@ -429,7 +430,7 @@ class Gateway:
 
         req = chat.request
 
-        async def call(target: Target, upstream: Upstream) -> tuple[UpstreamStream, bytes, Attempt | None]:
+        async def call(target: Target, upstream: Upstream) -> tuple[UpstreamStream, list[bytes], Attempt | None]:
             (stream, first), attempt = await self._attempt(
                 ctx,
                 target,

@@ -70,7 +70,7 @@ class CommittedStream:
         ctx: CallContext,
         target: Target,
         stream: UpstreamStream,
-        first: bytes,
+        first: list[bytes],
         attempts: int,
         permit: Permit | None,
         fill: CacheFill | None = None,
@@ -84,7 +84,7 @@ class CommittedStream:
         self.target = target
         self.provider = target.provider
         self._stream = stream
-        self._first: bytes | None = first
+        self._first: list[bytes] | None = first  # the commit point's batch
         self._fill = fill
         # Content capture (opt-in) records the answer on the attempt's span: assembled as the cache does.
         self._said = StreamAssembler() if attempt is not None and attempt.captures_content else None
@@ -93,8 +93,7 @@ class CommittedStream:
         fill = self._fill
         said = self._said
         if self._first is not None:
-            first, self._first = self._first, None
-            batch = [first, *self._stream.take_rest()]
+            batch, self._first = self._first, None
             self._feed(batch, fill, said)
             yield batch
         async for batch in self._stream:

@@ -322,7 +322,7 @@ async def test_through_the_gateway_transport(fake: FakeBedrock, signer: SigV4Sig
             rest = [chunk async for batch in opened for chunk in batch]
         finally:
             await opened.aclose()
-        chunks = [orjson.loads(c) for c in [first, *rest]]
+        chunks = [orjson.loads(c) for c in [*first, *rest]]
         assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": "Echo:"}
         assert chunks[-1]["usage"] == orjson.loads(completion.body)["usage"]
         assert opened.usage == completion.usage

@@ -139,7 +139,6 @@ class UpstreamStream:
         self.decoder = decoder
         self._parser = make_parser(framing)
         self._gen = self._read()
-        self._rest: list[bytes] = []  # what came with the first chunk (next_chunk), not yet iterated
         # The whole-stream bound: one timer that closes the connection (cheaper than a timeout per read).
         self._limit_s = limit_s
         self._expired = False
@@ -163,32 +162,19 @@ class UpstreamStream:
 
     def __aiter__(self) -> AsyncIterator[list[bytes]]:
         """The chunks in batches: what one network read decoded to, so that they can leave in one write."""
-        return self._batches()
+        return self._gen
 
-    async def _batches(self) -> AsyncGenerator[list[bytes], None]:
-        rest = self.take_rest()
-        if rest:
-            yield rest
-        async for batch in self._gen:
-            yield batch
-
-    def take_rest(self) -> list[bytes]:
-        """The chunks that came in the first chunk's read (``next_chunk``), to send with it."""
-        rest, self._rest = self._rest, []
-        return rest
-
-    async def next_chunk(self) -> bytes:
-        """The commit point's read: the first chunk, or the error that lets the caller fall back. The chunks that
-        came with it in the same read are the first batch of the iteration."""
+    async def first_batch(self) -> list[bytes]:
+        """The commit point's read: the first chunk, with whatever came in its read, or the error that lets the
+        caller fall back."""
         try:
-            first, *self._rest = await anext(self._gen)
+            return await anext(self._gen)
         except StopAsyncIteration:
             raise UpstreamError(
                 f"{self._provider} ended the stream without any chunk",
                 upstream_status=502,
                 provider=self._provider,
             ) from None
-        return first
 
     async def _read(self) -> AsyncGenerator[list[bytes], None]:
         provider = self._provider
@@ -378,9 +364,10 @@ class Upstream:
 
     async def open_stream(
         self, chat: ChatInput, model: str, ident: StreamIdentity, *, include_usage: bool
-    ) -> tuple[UpstreamStream, bytes]:
+    ) -> tuple[UpstreamStream, list[bytes]]:
         """Open a stream and read its first chunk (the commit point): every failure up to here is an ordinary
-        error the caller may fall back on. Returns the stream and that first chunk."""
+        error the caller may fall back on. Returns the stream and its first batch (that chunk and what came with
+        it)."""
         with map_encode_errors():
             up = self.adapter.encode_chat(chat, model=model, stream=True)
         t = self.timeouts
@@ -395,7 +382,7 @@ class Upstream:
                     single_tool_call=chat.request.parallel_tool_calls is False,
                 )
                 stream = UpstreamStream(self.name, resp, decoder, self.adapter.framing, t.stream_s)
-                first = await stream.next_chunk()
+                first = await stream.first_batch()
         except BaseException:
             if stream is not None:
                 await asyncio.shield(stream.aclose())
