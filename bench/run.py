@@ -7,8 +7,10 @@ time-to-first-chunk overhead and RSS, with issue 8's targets and the peers' figu
 
 Environment: BENCH_PROFILE (embedded | production), BENCH_TRACE (off | a sampling ratio such as 1 or 0.01),
 BENCH_SCALE (default 1.0), BENCH_LIMITS (0: no limits/budget), BENCH_REDIS (empty: in-process state), BENCH_PG,
-BENCH_CACHE (1: response cache on, every request a miss), BENCH_FORWARDER (0: skip the bare forwarder),
-BENCH_PHASES (a subset of c1,c64,ttfc,streams; default all).
+BENCH_CACHE (1: response cache on, every request a miss), BENCH_FORWARDER (0: skip the bare forwarder; redis,
+in the production profile: a second forwarder, fwd+redis, makes one Redis round trip per request), BENCH_PHASES (a
+subset of c1,c64,ttfc,streams; default all), BENCH_BASELINE / BENCH_BASELINE_PYTHON (a second gateway: another
+checkout's src, another interpreter).
 """
 
 from __future__ import annotations
@@ -56,6 +58,12 @@ def _baseline(value: str) -> str:
     return str(Path(value).resolve()) if value else ""
 
 
+def _interpreter(value: str) -> str:
+    if value and not os.access(value, os.X_OK):
+        raise SystemExit(f"BENCH_BASELINE_PYTHON={value!r}: an executable Python interpreter with aigw installed")
+    return value
+
+
 DEFAULT_PG = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
 DEFAULT_REDIS = "redis://127.0.0.1:6379/14"
 
@@ -70,10 +78,14 @@ class Options:
     pg_url: str  # "" = SQLite; else the server on which a fresh database is made
     cache: bool  # response cache on, every request a miss (lookup + store)
     forwarder: bool  # also measure the bare forwarder
+    forwarder_redis: bool = False  # also a second forwarder making one Redis round trip per request (fwd+redis)
     phases: frozenset[str] = frozenset(PHASES)  # which measurements to take (all by default)
     # Another checkout's src/ (e.g. a git worktree of the last commit): a second gateway from that code, measured
     # in the same run, interleaved with this one: an A/B on the same minutes of the VM.
     baseline: str = ""
+    # Another interpreter (a venv's python with aigw installed) for the baseline gateway: an A/B of Python versions.
+    # Alone, the baseline runs this checkout's code under it.
+    baseline_python: str = ""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Options:
@@ -98,8 +110,10 @@ class Options:
             pg_url=environ.get("BENCH_PG", DEFAULT_PG) if prod else "",
             cache=environ.get("BENCH_CACHE", "1" if prod else "0") != "0",
             forwarder=environ.get("BENCH_FORWARDER", "1") != "0",
+            forwarder_redis=environ.get("BENCH_FORWARDER", "1") == "redis" and prod,
             phases=_phases(environ.get("BENCH_PHASES", ",".join(PHASES))),
             baseline=_baseline(environ.get("BENCH_BASELINE", "")),
+            baseline_python=_interpreter(environ.get("BENCH_BASELINE_PYTHON", "")),
         )
 
     def describe(self) -> str:
@@ -381,15 +395,24 @@ def bench(opts: Options) -> Outcome:
             fwd_proc = stack.enter_context(started(pinned(0, [py, "-m", "bench.forwarder", str(fwd_port), mock]), env))
             wait_http(fwd + "/healthz")
             paths["forwarder"] = Target(fwd + "/v1/chat/completions", "sk-bench", "bench-model", fwd_proc.pid)
+        if opts.forwarder_redis:  # the floor with shared state: the forwarder plus one Redis round trip
+            fr_port = free_port()
+            fr_argv = [py, "-m", "bench.forwarder", str(fr_port), mock, opts.redis_url]
+            fr_proc = stack.enter_context(started(pinned(0, fr_argv), env))
+            wait_http(f"http://127.0.0.1:{fr_port}/healthz")
+            paths["fwd+redis"] = Target(
+                f"http://127.0.0.1:{fr_port}/v1/chat/completions", "sk-bench", "bench-model", fr_proc.pid
+            )
         gw_log = Path(tmp) / "gateway.log"
-        if opts.baseline:  # on PostgreSQL both share the database (migrated by this code), each its own tenant
+        if opts.baseline or opts.baseline_python:  # on PostgreSQL both share the database (migrated by this code)
             base_port = free_port()
             base_db = db_url if opts.pg_url else f"sqlite+aiosqlite:///{tmp}/base.db"
             base_cfg = gateway_config(opts, tmp, mock, base_db, name="baseline")
-            base_env = child_env(otel_env(opts, sink) | {"PYTHONPATH": opts.baseline})
-            base_proc = stack.enter_context(
-                started(pinned(0, serve_argv(base_cfg, base_port)), base_env, Path(tmp) / "baseline.log")
-            )
+            base_env = child_env(otel_env(opts, sink) | {"PYTHONPATH": opts.baseline or str(ROOT / "src")})
+            argv = serve_argv(base_cfg, base_port)
+            if opts.baseline_python:
+                argv = [opts.baseline_python, "-m", "aigw", *argv[1:]]
+            base_proc = stack.enter_context(started(pinned(0, argv), base_env, Path(tmp) / "baseline.log"))
             paths["baseline"] = new_tenant(opts, f"http://127.0.0.1:{base_port}", base_proc.pid)
         with started(pinned(0, serve_argv(cfg, gw_port)), child_env(otel_env(opts, sink)), gw_log) as gw_proc:
             paths["gateway"] = new_tenant(opts, gw, gw_proc.pid)
@@ -422,8 +445,12 @@ def print_report(opts: Options, result: Outcome) -> None:
         "gateway and bare forwarder on core 0, mock upstream + load generator"
         f"{' + OTLP sink' if opts.trace != 'off' else ''} on core 1; one worker; BENCH_SCALE={opts.scale:g}"
     )
-    if opts.baseline:
-        print(f"baseline: a second gateway from {opts.baseline}, on core 0 too, interleaved with this one")
+    if opts.forwarder_redis:
+        print("fwd+redis: the forwarder plus one Redis round trip per request before forwarding, one write after")
+    if opts.baseline or opts.baseline_python:
+        code = opts.baseline or "this checkout"
+        under = f" under {opts.baseline_python}" if opts.baseline_python else ""
+        print(f"baseline: a second gateway from {code}{under}, on core 0 too, interleaved with this one")
     print(report.table(figs, opts.profile))
     if "cpu_us_per_req" in figs["gateway"]:
         print(report.peers(figs["gateway"]["cpu_us_per_req"], figs.get("forwarder", {}).get("cpu_us_per_req")))
