@@ -72,15 +72,20 @@ class Forwarder:
             ctype = resp.headers.get("content-type", "application/json").encode("latin-1")
             if not ctype.startswith(b"text/event-stream"):
                 body = await resp.read()
-                if self.redis is not None:
-                    reply = await self.redis.submit("SET", "bench:forwarder", b"x", "EX", 60)
-                    reply.add_done_callback(lambda f: f.cancelled() or f.exception())
+                await self._write_after()
                 await _respond(send, resp.status, body, ctype)
                 return
             await send({"type": "http.response.start", "status": resp.status, "headers": [(b"content-type", ctype)]})
             async for chunk in resp.content.iter_any():
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await self._write_after()  # where the gateway settles a stream: at its end
             await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _write_after(self) -> None:
+        """With Redis: one command written before the response ends, its reply not awaited."""
+        if self.redis is not None:
+            reply = await self.redis.submit("SET", "bench:forwarder", b"x", "EX", 60)
+            reply.add_done_callback(lambda f: f.cancelled() or f.exception())
 
 
 async def _respond(send: Send, status: int, body: bytes, ctype: bytes) -> None:

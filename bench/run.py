@@ -58,6 +58,12 @@ def _baseline(value: str) -> str:
     return str(Path(value).resolve()) if value else ""
 
 
+def _forwarder_redis(value: str, prod: bool) -> bool:
+    if value == "redis" and not prod:
+        raise SystemExit("BENCH_FORWARDER=redis: the production profile only (the embedded one has no Redis)")
+    return value == "redis"
+
+
 def _interpreter(value: str) -> str:
     if value and not os.access(value, os.X_OK):
         raise SystemExit(f"BENCH_BASELINE_PYTHON={value!r}: an executable Python interpreter with aigw installed")
@@ -110,7 +116,7 @@ class Options:
             pg_url=environ.get("BENCH_PG", DEFAULT_PG) if prod else "",
             cache=environ.get("BENCH_CACHE", "1" if prod else "0") != "0",
             forwarder=environ.get("BENCH_FORWARDER", "1") != "0",
-            forwarder_redis=environ.get("BENCH_FORWARDER", "1") == "redis" and prod,
+            forwarder_redis=_forwarder_redis(environ.get("BENCH_FORWARDER", "1"), prod),
             phases=_phases(environ.get("BENCH_PHASES", ",".join(PHASES))),
             baseline=_baseline(environ.get("BENCH_BASELINE", "")),
             baseline_python=_interpreter(environ.get("BENCH_BASELINE_PYTHON", "")),
@@ -372,9 +378,9 @@ class Outcome:
 def bench(opts: Options) -> Outcome:
     """One full run; returns every figure (also written to bench/results/)."""
     os.sched_setaffinity(0, {1} if (os.cpu_count() or 1) > 1 else {0})
-    mock_port, gw_port, fwd_port, sink_port = free_port(), free_port(), free_port(), free_port()
+    mock_port, gw_port, sink_port = free_port(), free_port(), free_port()
     mock, gw = f"http://127.0.0.1:{mock_port}", f"http://127.0.0.1:{gw_port}"
-    fwd, sink = f"http://127.0.0.1:{fwd_port}", f"http://127.0.0.1:{sink_port}"
+    sink = f"http://127.0.0.1:{sink_port}"
     env = child_env()
     py = sys.executable
     extra: dict[str, float] = {}
@@ -391,18 +397,14 @@ def bench(opts: Options) -> Outcome:
             sink_proc = stack.enter_context(started(pinned(1, [py, "-m", "bench.otlp_sink", str(sink_port)]), env))
             wait_http(sink + "/healthz")
         paths = {"direct": Target(mock + "/v1/chat/completions", "sk-bench", "bench-model", None)}
-        if opts.forwarder:
-            fwd_proc = stack.enter_context(started(pinned(0, [py, "-m", "bench.forwarder", str(fwd_port), mock]), env))
-            wait_http(fwd + "/healthz")
-            paths["forwarder"] = Target(fwd + "/v1/chat/completions", "sk-bench", "bench-model", fwd_proc.pid)
+        forwarders = {"forwarder": [mock]} if opts.forwarder else {}
         if opts.forwarder_redis:  # the floor with shared state: the forwarder plus one Redis round trip
-            fr_port = free_port()
-            fr_argv = [py, "-m", "bench.forwarder", str(fr_port), mock, opts.redis_url]
-            fr_proc = stack.enter_context(started(pinned(0, fr_argv), env))
-            wait_http(f"http://127.0.0.1:{fr_port}/healthz")
-            paths["fwd+redis"] = Target(
-                f"http://127.0.0.1:{fr_port}/v1/chat/completions", "sk-bench", "bench-model", fr_proc.pid
-            )
+            forwarders["fwd+redis"] = [mock, opts.redis_url]
+        for name, args in forwarders.items():
+            port = free_port()
+            proc = stack.enter_context(started(pinned(0, [py, "-m", "bench.forwarder", str(port), *args]), env))
+            wait_http(f"http://127.0.0.1:{port}/healthz")
+            paths[name] = Target(f"http://127.0.0.1:{port}/v1/chat/completions", "sk-bench", "bench-model", proc.pid)
         gw_log = Path(tmp) / "gateway.log"
         if opts.baseline or opts.baseline_python:  # on PostgreSQL both share the database (migrated by this code)
             base_port = free_port()
